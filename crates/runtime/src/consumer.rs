@@ -1,0 +1,412 @@
+//! The consumer loop: durable pull consumers with explicit acks, bounded concurrency, the
+//! inbox and the handler's effect in one transaction, acks only after commit, retries with
+//! backoff for transient errors, and the dead-letter stream for what can never be processed.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, AckKind, Message, consumer::pull, message::PublishMessage};
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
+use events::streams::{Context, dlq_subject, type_filter};
+use events::{Envelope, Event};
+use futures::{StreamExt, TryStreamExt};
+use sqlx::{PgConnection, PgPool};
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+use crate::database::is_transient;
+use crate::inbox;
+use crate::outbox::{Cause, Outbox};
+
+/// Headers a dead letter carries besides the original message's own.
+pub mod dead_letter_headers {
+    pub const REASON: &str = "Dlq-Reason";
+    pub const ORIGINAL_SUBJECT: &str = "Dlq-Original-Subject";
+    pub const CONSUMER: &str = "Dlq-Consumer";
+    pub const STREAM_SEQUENCE: &str = "Dlq-Stream-Sequence";
+    pub const DELIVERIES: &str = "Dlq-Deliveries";
+}
+
+/// The events one durable consumer receives from one context's stream.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    pub stream: Context,
+    pub event_types: Vec<&'static str>,
+}
+
+/// A decoded message, as handed to a [`Handler`].
+#[derive(Debug)]
+pub struct Incoming {
+    pub envelope: Envelope,
+    pub event: Event,
+    pub subject: String,
+    /// 1 on the first delivery.
+    pub delivery: i64,
+}
+
+/// Why a handler could not apply an event.
+#[derive(Debug, Error)]
+pub enum HandlerError {
+    /// May succeed later (database down, a fact not seen yet): retried with backoff, then
+    /// dead-lettered once the delivery limit is reached.
+    #[error(transparent)]
+    Transient(anyhow::Error),
+    /// Can never succeed (the event contradicts what this service knows): dead-lettered now.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl From<sqlx::Error> for HandlerError {
+    fn from(error: sqlx::Error) -> Self {
+        HandlerError::Transient(error.into())
+    }
+}
+
+impl HandlerError {
+    /// Worth retrying at once, within this delivery (serialization failure, deadlock, ...).
+    fn is_retryable_now(&self) -> bool {
+        match self {
+            HandlerError::Transient(error) => error
+                .downcast_ref::<sqlx::Error>()
+                .is_some_and(is_transient),
+            HandlerError::Permanent(_) => false,
+        }
+    }
+}
+
+/// A service's reactions to events. `handle` runs inside the transaction that also records
+/// the event in the inbox; the events it returns are written to the outbox in that same
+/// transaction, caused by the incoming event.
+pub trait Handler: Send + Sync + 'static {
+    fn handle<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        incoming: &'a Incoming,
+    ) -> impl Future<Output = Result<Vec<Event>, HandlerError>> + Send + 'a;
+}
+
+/// Tuning shared by every consumer of a service.
+#[derive(Debug, Clone)]
+pub struct ConsumerOptions {
+    pub concurrency: usize,
+    pub max_deliver: i64,
+    pub ack_wait: Duration,
+    /// See `Settings::fault_crash_after_commit`.
+    pub crash_after_commit: Option<String>,
+}
+
+/// How many of a service's consumers are currently pulling; readiness needs all of them.
+#[derive(Debug, Default)]
+pub struct ConsumerHealth {
+    running: AtomicUsize,
+    expected: AtomicUsize,
+}
+
+impl ConsumerHealth {
+    pub fn all_running(&self) -> bool {
+        self.running.load(Ordering::SeqCst) == self.expected.load(Ordering::SeqCst)
+    }
+}
+
+/// One durable consumer and everything it needs to process its messages.
+pub struct Consumer<H> {
+    pub name: String,
+    pub subscription: Subscription,
+    pub pool: PgPool,
+    pub jetstream: jetstream::Context,
+    pub outbox: Outbox,
+    pub handler: Arc<H>,
+    pub options: ConsumerOptions,
+}
+
+impl<H> std::fmt::Debug for Consumer<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+enum Applied {
+    Fresh,
+    Duplicate,
+}
+
+impl<H: Handler> Consumer<H> {
+    /// The durable consumer name of `service` on `stream`, e.g. `payment-inventory`.
+    pub fn durable_name(service: &str, stream: Context) -> String {
+        format!("{service}-{}", stream.prefix())
+    }
+
+    /// Consumes until `stop` is cancelled, recreating the consumer and its message stream
+    /// whenever they fail (a deleted consumer, a lost connection), with backoff in between.
+    pub async fn run(self, stop: CancellationToken, health: Arc<ConsumerHealth>) {
+        health.expected.fetch_add(1, Ordering::SeqCst);
+        let mut backoff = restart_backoff();
+        while !stop.is_cancelled() {
+            match self.consume(&stop, &health).await {
+                Ok(()) => break,
+                Err(error) => {
+                    let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+                    tracing::warn!(consumer = %self.name, error = %format!("{error:#}"), ?delay, "consumer failed; recreating it");
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn consume(
+        &self,
+        stop: &CancellationToken,
+        health: &ConsumerHealth,
+    ) -> anyhow::Result<()> {
+        let stream = self
+            .jetstream
+            .get_stream(self.subscription.stream.stream())
+            .await?;
+        let consumer = stream
+            .get_or_create_consumer(
+                &self.name,
+                pull::Config {
+                    durable_name: Some(self.name.clone()),
+                    filter_subjects: self
+                        .subscription
+                        .event_types
+                        .iter()
+                        .map(|event_type| type_filter(event_type))
+                        .collect(),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: self.options.ack_wait,
+                    max_deliver: self.options.max_deliver,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(self.options.concurrency * 2)
+            .messages()
+            .await?;
+
+        health.running.fetch_add(1, Ordering::SeqCst);
+        tracing::info!(consumer = %self.name, "consuming");
+        // Stop pulling when asked; messages already taken finish before this returns.
+        let result = messages
+            .take_until(stop.cancelled())
+            .map_err(anyhow::Error::from)
+            .try_for_each_concurrent(self.options.concurrency, |message| async move {
+                self.process(message).await;
+                Ok(())
+            })
+            .await;
+        health.running.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
+    #[tracing::instrument(skip_all, fields(consumer = %self.name, subject = %message.subject))]
+    async fn process(&self, message: Message) {
+        let delivery = message.info().map(|info| info.delivered).unwrap_or(1);
+        let envelope = match Envelope::from_slice(&message.payload) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                return self
+                    .dead_letter(&message, delivery, &error.to_string())
+                    .await;
+            }
+        };
+        let event = match envelope.event() {
+            Ok(event) => event,
+            Err(error) => {
+                return self
+                    .dead_letter(&message, delivery, &error.to_string())
+                    .await;
+            }
+        };
+        let incoming = Incoming {
+            subject: message.subject.to_string(),
+            envelope,
+            event,
+            delivery,
+        };
+
+        let applied = (|| self.apply(&incoming))
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(20))
+                    .with_max_times(3)
+                    .with_jitter(),
+            )
+            .when(HandlerError::is_retryable_now)
+            .await;
+
+        match applied {
+            Ok(Applied::Fresh) => {
+                self.crash_if_asked(&incoming);
+                ack(&message, AckKind::Ack).await;
+            }
+            Ok(Applied::Duplicate) => {
+                tracing::debug!(event_id = %incoming.envelope.id, "duplicate event ignored");
+                ack(&message, AckKind::Ack).await;
+            }
+            Err(HandlerError::Permanent(reason)) => {
+                self.dead_letter(&message, delivery, &reason).await;
+            }
+            Err(HandlerError::Transient(error)) if delivery >= self.options.max_deliver => {
+                let reason = format!("gave up after {delivery} deliveries: {error:#}");
+                self.dead_letter(&message, delivery, &reason).await;
+            }
+            Err(HandlerError::Transient(error)) => {
+                let delay = redelivery_delay(delivery);
+                tracing::warn!(event_id = %incoming.envelope.id, delivery, ?delay, error = %format!("{error:#}"), "event not applied; will retry");
+                ack(&message, AckKind::Nak(Some(delay))).await;
+            }
+        }
+    }
+
+    /// The inbox row, the handler's effect and its outgoing events, in one transaction.
+    async fn apply(&self, incoming: &Incoming) -> Result<Applied, HandlerError> {
+        let mut tx = self.pool.begin().await?;
+        if !inbox::record(&mut tx, &self.name, incoming.envelope.id).await? {
+            return Ok(Applied::Duplicate);
+        }
+        let outgoing = self.handler.handle(&mut tx, incoming).await?;
+        let cause = Cause {
+            correlationid: incoming.envelope.correlationid.clone(),
+            causationid: Some(incoming.envelope.id),
+        };
+        for event in &outgoing {
+            self.outbox.enqueue(&mut tx, event, Some(&cause)).await?;
+        }
+        // Only an Ok commit lets the caller ack: a lost connection during COMMIT leaves the
+        // outcome unknown, and redelivery plus the inbox settle it.
+        tx.commit().await?;
+        Ok(Applied::Fresh)
+    }
+
+    /// Publishes the message to the DLQ stream with the reason, then terminates it. If the
+    /// dead letter cannot be stored, the message is left for redelivery instead of lost.
+    async fn dead_letter(&self, message: &Message, delivery: i64, reason: &str) {
+        let sequence = message
+            .info()
+            .map(|info| info.stream_sequence)
+            .unwrap_or_default();
+        let mut headers = HeaderMap::new();
+        if let Some(original) = &message.headers {
+            for (name, values) in original.iter() {
+                // JetStream's own headers (e.g. the dedup id) belong to the original publish.
+                if name.to_string().starts_with("Nats-") {
+                    continue;
+                }
+                for value in values {
+                    headers.append(name.clone(), value.as_str());
+                }
+            }
+        }
+        let single_line_reason: String = reason
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        headers.insert(dead_letter_headers::REASON, single_line_reason.as_str());
+        headers.insert(
+            dead_letter_headers::ORIGINAL_SUBJECT,
+            message.subject.as_str(),
+        );
+        headers.insert(dead_letter_headers::CONSUMER, self.name.as_str());
+        headers.insert(
+            dead_letter_headers::STREAM_SEQUENCE,
+            sequence.to_string().as_str(),
+        );
+        headers.insert(
+            dead_letter_headers::DELIVERIES,
+            delivery.to_string().as_str(),
+        );
+        let publish = PublishMessage::build()
+            .payload(message.payload.clone())
+            .headers(headers)
+            .message_id(format!("{}:{sequence}", self.name));
+        let stored = match self
+            .jetstream
+            .send_publish(dlq_subject(&self.name, &message.subject), publish)
+            .await
+        {
+            Ok(ack_future) => ack_future.await.map(|_| ()).map_err(anyhow::Error::from),
+            Err(error) => Err(error.into()),
+        };
+        match stored {
+            Ok(()) => {
+                tracing::error!(reason = %single_line_reason, delivery, "message moved to the dead-letter stream");
+                ack(message, AckKind::Term).await;
+            }
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), "cannot store dead letter; leaving message for redelivery");
+                ack(message, AckKind::Nak(Some(redelivery_delay(delivery)))).await;
+            }
+        }
+    }
+
+    fn crash_if_asked(&self, incoming: &Incoming) {
+        if self.options.crash_after_commit.as_deref() == Some(incoming.envelope.event_type.as_str())
+        {
+            tracing::warn!(event_id = %incoming.envelope.id, "fault injection: killing this process after commit, before ack");
+            // A real SIGKILL, from outside the process, as an operator or the OOM killer would.
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &std::process::id().to_string()])
+                .status();
+            std::process::abort();
+        }
+    }
+}
+
+async fn ack(message: &Message, kind: AckKind) {
+    // A lost ack means a redelivery, which the inbox turns into a no-op.
+    if let Err(error) = message.ack_with(kind).await {
+        tracing::warn!(%error, "failed to ack message; it will be redelivered");
+    }
+}
+
+/// Backoff between deliveries of a message that failed: 0.5 s, 1 s, 2 s, ... up to 30 s.
+fn redelivery_delay(delivery: i64) -> Duration {
+    let attempt = usize::try_from(delivery.max(1) - 1).unwrap_or(0);
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(30))
+        .without_max_times()
+        .build()
+        .nth(attempt)
+        .unwrap_or(Duration::from_secs(30))
+}
+
+fn restart_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(10))
+        .without_max_times()
+        .with_jitter()
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redelivery_backs_off_exponentially_and_is_capped() {
+        assert_eq!(redelivery_delay(1), Duration::from_millis(500));
+        assert_eq!(redelivery_delay(2), Duration::from_secs(1));
+        assert_eq!(redelivery_delay(3), Duration::from_secs(2));
+        assert_eq!(redelivery_delay(50), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn only_database_hiccups_are_retried_within_a_delivery() {
+        assert!(HandlerError::from(sqlx::Error::PoolTimedOut).is_retryable_now());
+        assert!(!HandlerError::from(sqlx::Error::RowNotFound).is_retryable_now());
+        assert!(!HandlerError::Permanent("no".into()).is_retryable_now());
+    }
+}

@@ -1,0 +1,145 @@
+//! HTTP basics every service shares: the JSON error type, a JSON body extractor whose
+//! rejections are JSON errors naming the problem, health endpoints and middleware.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use sqlx::PgPool;
+use thiserror::Error;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::consumer::ConsumerHealth;
+
+/// Largest request body any service accepts.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// An error answered to an HTTP client as `{"error": "..."}`. Client errors say what to fix;
+/// server errors are logged here, once, and answered opaquely.
+#[derive(Debug, Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("{message}")]
+    Rejected { status: StatusCode, message: String },
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        ApiError::Internal(error.into())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let status = match rejection {
+            // A body that is JSON but not the expected shape names the field: 422.
+            JsonRejection::JsonDataError(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => rejection.status(),
+        };
+        ApiError::Rejected {
+            status,
+            message: rejection.body_text(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Rejected { status, .. } => *status,
+            ApiError::Internal(error) => {
+                tracing::error!(error = %format!("{error:#}"), "request failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        (status, Json(json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+/// `axum::Json`, but a malformed body is answered with an [`ApiError`].
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Json(value) = Json::<T>::from_request(request, state).await?;
+        Ok(JsonBody(value))
+    }
+}
+
+/// What readiness checks.
+#[derive(Debug, Clone)]
+pub struct Readiness {
+    pub pool: PgPool,
+    pub nats: async_nats::Client,
+    pub consumers: Arc<ConsumerHealth>,
+}
+
+/// `/healthz` (the process is alive) and `/readyz` (database and NATS reachable, every
+/// consumer pulling).
+pub fn health_routes(readiness: Readiness) -> Router {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
+        .route("/readyz", get(ready))
+        .with_state(readiness)
+}
+
+async fn ready(State(readiness): State<Readiness>) -> Response {
+    let database = tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query("SELECT 1").execute(&readiness.pool),
+    )
+    .await
+    .is_ok_and(|result| result.is_ok());
+    let nats = readiness.nats.connection_state() == async_nats::connection::State::Connected;
+    let consumers = readiness.consumers.all_running();
+    let body = Json(json!({ "database": database, "nats": nats, "consumers": consumers }));
+    if database && nats && consumers {
+        (StatusCode::OK, body).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    }
+}
+
+/// Adds the shared middleware and JSON fallbacks to a service's routes.
+pub fn finish(routes: Router, readiness: Readiness) -> Router {
+    routes
+        .merge(health_routes(readiness))
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(10),
+        ))
+        .layer(TraceLayer::new_for_http())
+}

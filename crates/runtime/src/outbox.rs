@@ -1,0 +1,226 @@
+//! The transactional outbox: events are written in the same transaction as the state change
+//! that caused them, and a relay publishes them to JetStream afterwards.
+//!
+//! The relay claims pending rows with `FOR UPDATE SKIP LOCKED` (so replicas share the work
+//! without publishing a row twice at once), publishes the whole batch with `Nats-Msg-Id` set
+//! to the event id (so JetStream drops the duplicate if a row is ever published again), waits
+//! for every publish ack, then marks the acked rows published in the claiming transaction.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
+use chrono::Utc;
+use events::Event;
+use events::envelope::{Envelope, Metadata};
+use futures::future::join_all;
+use sqlx::postgres::PgListener;
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Rows claimed and published per relay round.
+const BATCH_SIZE: i64 = 256;
+
+/// Writes events into the outbox; `source` names the producing service.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    source: String,
+}
+
+/// Where an event comes from in the saga: its correlation (the order) and its cause.
+#[derive(Debug, Clone)]
+pub struct Cause {
+    pub correlationid: String,
+    pub causationid: Option<Uuid>,
+}
+
+impl Outbox {
+    pub fn new(service: &str) -> Outbox {
+        Outbox {
+            source: format!("/services/{service}"),
+        }
+    }
+
+    /// Appends an event to the outbox inside the caller's transaction and returns its
+    /// envelope. Without a cause, the event starts its own correlation (its key).
+    pub async fn enqueue(
+        &self,
+        tx: &mut PgConnection,
+        event: &Event,
+        cause: Option<&Cause>,
+    ) -> Result<Envelope, sqlx::Error> {
+        let (correlationid, causationid) = match cause {
+            Some(cause) => (cause.correlationid.clone(), cause.causationid),
+            None => (event.key(), None),
+        };
+        let envelope = Envelope::wrap(
+            event,
+            Metadata {
+                id: Uuid::now_v7(),
+                source: self.source.clone(),
+                time: Utc::now(),
+                correlationid,
+                causationid,
+            },
+        );
+        sqlx::query("INSERT INTO outbox (event_id, subject, payload) VALUES ($1, $2, $3)")
+            .bind(envelope.id)
+            .bind(event.subject())
+            .bind(envelope.to_vec())
+            .execute(tx)
+            .await?;
+        Ok(envelope)
+    }
+}
+
+/// Publishes pending outbox rows until cancelled.
+#[derive(Debug)]
+pub struct Relay {
+    pub pool: PgPool,
+    pub jetstream: jetstream::Context,
+    pub poll_interval: Duration,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct PendingRow {
+    id: i64,
+    event_id: Uuid,
+    subject: String,
+    payload: Vec<u8>,
+    headers: sqlx::types::Json<HashMap<String, String>>,
+}
+
+impl Relay {
+    /// Runs the relay until `stop` is cancelled, then publishes what is left once more.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut listener = self.listen().await;
+        loop {
+            self.drain().await;
+            tokio::select! {
+                () = stop.cancelled() => break,
+                woken = wait_for_notification(&mut listener) => {
+                    if !woken {
+                        // The listening connection broke: notifications sent meanwhile are
+                        // lost, so reconnect and rely on the full drain at the top.
+                        listener = self.listen().await;
+                    }
+                }
+                () = tokio::time::sleep(self.poll_interval) => {
+                    if listener.is_none() {
+                        listener = self.listen().await;
+                    }
+                }
+            }
+        }
+        self.drain().await;
+    }
+
+    async fn listen(&self) -> Option<PgListener> {
+        let mut listener = match PgListener::connect_with(&self.pool).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::warn!(%error, "outbox relay cannot listen for notifications; polling only");
+                return None;
+            }
+        };
+        match listener.listen("outbox").await {
+            Ok(()) => Some(listener),
+            Err(error) => {
+                tracing::warn!(%error, "outbox relay cannot listen for notifications; polling only");
+                None
+            }
+        }
+    }
+
+    /// Publishes rounds until fewer rows than a full batch are pending.
+    async fn drain(&self) {
+        loop {
+            match self.publish_batch().await {
+                // A full batch, all published: there may be more.
+                Ok(Round { claimed, published })
+                    if claimed == BATCH_SIZE && published == claimed =>
+                {
+                    continue;
+                }
+                Ok(_) => return,
+                Err(error) => {
+                    tracing::warn!(error = %format!("{error:#}"), "outbox relay round failed; will retry");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One round: claim, publish, await acks, mark the acked rows.
+    async fn publish_batch(&self) -> anyhow::Result<Round> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<PendingRow> = sqlx::query_as(
+            "SELECT id, event_id, subject, payload, headers FROM outbox \
+             WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(BATCH_SIZE)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(Round::default());
+        }
+
+        // Send every publish before awaiting any ack, so the batch costs one round trip.
+        let mut pending: Vec<(i64, PublishAckFuture)> = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut message = PublishMessage::build()
+                .payload(row.payload.clone().into())
+                .message_id(row.event_id.to_string());
+            for (name, value) in row.headers.iter() {
+                message = message.header(name.as_str(), value.as_str());
+            }
+            match self
+                .jetstream
+                .send_publish(row.subject.clone(), message)
+                .await
+            {
+                Ok(ack) => pending.push((row.id, ack)),
+                Err(error) => {
+                    // Stop here: later rows would overtake this one. It stays pending.
+                    tracing::warn!(%error, subject = %row.subject, "publish failed");
+                    break;
+                }
+            }
+        }
+        let ids: Vec<i64> = pending.iter().map(|(id, _)| *id).collect();
+        let results = join_all(pending.into_iter().map(|(_, ack)| ack.into_future())).await;
+        let mut acked = Vec::with_capacity(ids.len());
+        for (id, result) in ids.into_iter().zip(results) {
+            match result {
+                Ok(_) => acked.push(id),
+                Err(error) => tracing::warn!(%error, outbox_id = id, "publish was not acked"),
+            }
+        }
+
+        sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
+            .bind(&acked)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        tracing::debug!(published = acked.len(), "outbox relay round");
+        Ok(Round {
+            claimed: rows.len() as i64,
+            published: acked.len() as i64,
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+struct Round {
+    claimed: i64,
+    published: i64,
+}
+
+/// Waits for the next notification; false when the listener is missing or broke.
+async fn wait_for_notification(listener: &mut Option<PgListener>) -> bool {
+    match listener {
+        Some(listener) => listener.recv().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,231 @@
+//! The service lifecycle: connect the database and NATS, create streams, bind the HTTP
+//! listener (`build`), then run the consumers, the outbox relay and the HTTP API until a
+//! shutdown signal, and drain them in order (`run_until_stopped`).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use axum::Router;
+use events::streams::Context;
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::consumer::{Consumer, ConsumerHealth, ConsumerOptions, Handler, Subscription};
+use crate::database::{connect_and_migrate, redact};
+use crate::http::{Readiness, finish};
+use crate::jetstream::{connect, context_stream, dead_letter_stream, ensure_streams};
+use crate::outbox::{Outbox, Relay};
+use crate::settings::{Identity, Settings};
+
+/// The connected infrastructure a service builds its routes and handler from.
+#[derive(Debug, Clone)]
+pub struct Platform {
+    pub identity: Identity,
+    pub settings: Settings,
+    pub pool: PgPool,
+    pub nats: async_nats::Client,
+    pub jetstream: jetstream::Context,
+    pub outbox: Outbox,
+}
+
+impl Platform {
+    /// Creates and migrates the service's database and connects to NATS.
+    pub async fn connect(
+        identity: Identity,
+        settings: Settings,
+        migrations: &Migrator,
+    ) -> anyhow::Result<Platform> {
+        let database_url = settings.database_url(&identity);
+        tracing::info!(database = %redact(&database_url), nats = %settings.nats_url, "connecting");
+        let pool = connect_and_migrate(&database_url, settings.db_max_connections, migrations)
+            .await
+            .context("failed to prepare the database")?;
+        let nats = connect(&settings.nats_url, &format!("{}-service", identity.name)).await?;
+        let jetstream = jetstream::new(nats.clone());
+        Ok(Platform {
+            identity,
+            outbox: Outbox::new(identity.name),
+            settings,
+            pool,
+            nats,
+            jetstream,
+        })
+    }
+}
+
+/// What a service adds to the platform: its HTTP routes, the stream it publishes to, what it
+/// subscribes to and how it reacts.
+#[derive(Debug)]
+pub struct Domain<H> {
+    pub routes: Router,
+    pub publishes: Option<Context>,
+    pub subscriptions: Vec<Subscription>,
+    pub handler: H,
+}
+
+/// A built service, listening but not yet running.
+#[derive(Debug)]
+pub struct Service<H> {
+    platform: Platform,
+    domain: Domain<H>,
+    listener: TcpListener,
+}
+
+impl<H: Handler> Service<H> {
+    /// Creates the streams the service touches and binds its HTTP listener (port 0 works).
+    pub async fn build(platform: Platform, domain: Domain<H>) -> anyhow::Result<Service<H>> {
+        let replicas = platform.settings.stream_replicas;
+        let mut streams: Vec<Context> = domain.publishes.into_iter().collect();
+        for subscription in &domain.subscriptions {
+            if !streams.contains(&subscription.stream) {
+                streams.push(subscription.stream);
+            }
+        }
+        let mut configs: Vec<_> = streams
+            .into_iter()
+            .map(|context| context_stream(context, replicas))
+            .collect();
+        configs.push(dead_letter_stream(replicas));
+        ensure_streams(&platform.jetstream, configs).await?;
+
+        let address = platform.settings.http_addr(&platform.identity);
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("failed to listen on {address}"))?;
+        Ok(Service {
+            platform,
+            domain,
+            listener,
+        })
+    }
+
+    /// The address the HTTP API actually listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Runs until `shutdown` completes, then stops pulling, finishes in-flight messages,
+    /// stops the HTTP API, publishes what the outbox still holds, and returns.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Service {
+            platform,
+            domain,
+            listener,
+        } = self;
+        let settings = &platform.settings;
+        let health = Arc::new(ConsumerHealth::default());
+        let handler = Arc::new(domain.handler);
+
+        let stop_consumers = CancellationToken::new();
+        let consumers = TaskTracker::new();
+        for subscription in domain.subscriptions {
+            let consumer = Consumer {
+                name: Consumer::<H>::durable_name(platform.identity.name, subscription.stream),
+                subscription,
+                pool: platform.pool.clone(),
+                jetstream: platform.jetstream.clone(),
+                outbox: platform.outbox.clone(),
+                handler: handler.clone(),
+                options: ConsumerOptions {
+                    concurrency: settings.consumer_concurrency,
+                    max_deliver: settings.consumer_max_deliver,
+                    ack_wait: settings.consumer_ack_wait,
+                    crash_after_commit: settings.fault_crash_after_commit.clone(),
+                },
+            };
+            consumers.spawn(consumer.run(stop_consumers.clone(), health.clone()));
+        }
+        consumers.close();
+
+        let stop_relay = CancellationToken::new();
+        let relay = tokio::spawn(
+            Relay {
+                pool: platform.pool.clone(),
+                jetstream: platform.jetstream.clone(),
+                poll_interval: settings.outbox_poll_interval,
+            }
+            .run(stop_relay.clone()),
+        );
+
+        let stop_http = CancellationToken::new();
+        let router = finish(
+            domain.routes,
+            Readiness {
+                pool: platform.pool.clone(),
+                nats: platform.nats.clone(),
+                consumers: health,
+            },
+        );
+        tracing::info!(address = %listener.local_addr()?, "listening");
+        let mut http = tokio::spawn(
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stop_http.clone().cancelled_owned())
+                .into_future(),
+        );
+
+        let result = tokio::select! {
+            () = shutdown => Ok(()),
+            finished = &mut http => Err(match finished {
+                Ok(Ok(())) => anyhow::anyhow!("the HTTP server stopped unexpectedly"),
+                Ok(Err(error)) => anyhow::Error::from(error).context("the HTTP server failed"),
+                Err(error) => anyhow::Error::from(error).context("the HTTP server panicked"),
+            }),
+        };
+        tracing::info!("shutting down");
+
+        let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
+        stop_consumers.cancel();
+        if tokio::time::timeout_at(deadline, consumers.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("in-flight messages did not finish in time; they will be redelivered");
+        }
+        stop_http.cancel();
+        let _ = tokio::time::timeout_at(deadline, &mut http).await;
+        stop_relay.cancel();
+        if tokio::time::timeout_at(deadline, relay).await.is_err() {
+            tracing::warn!(
+                "outbox relay did not finish in time; pending rows stay for the next start"
+            );
+        }
+        let _ = platform.nats.flush().await;
+        platform.pool.close().await;
+        tracing::info!("stopped");
+        result
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
