@@ -289,7 +289,6 @@ mod tests {
             sku: "MUG".into(),
             name: "Mug".into(),
             price_cents: 1250,
-            available: 3,
         });
         assert_eq!(event.subject(), "inventory.product_updated.MUG");
         assert_eq!(event.order_id(), None);

@@ -4,15 +4,15 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// `inventory.product_updated` v1: a product's catalogue data or stock changed. Carries the
-/// state other services keep in their own read models (event-carried state transfer).
+/// `inventory.product_updated` v1: a product was created or its catalogue data changed.
+/// Carries the state other services keep in their own read models (event-carried state
+/// transfer). Stock levels are deliberately absent: they change with every order and no
+/// other service may decide on them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ProductUpdated {
     pub sku: String,
     pub name: String,
     pub price_cents: i64,
-    /// Units that can still be reserved (on hand minus reserved).
-    pub available: i64,
 }
 
 /// One reserved (or released) line.

@@ -32,12 +32,23 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
-    #[error("{0}")]
-    Unprocessable(String),
+    /// A request field is invalid; the body names it in `field`.
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
     #[error("{message}")]
     Rejected { status: StatusCode, message: String },
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    /// A 422 naming the invalid field, e.g. `items[0].quantity`.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+        ApiError::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
 }
 
 impl From<sqlx::Error> for ApiError {
@@ -66,14 +77,18 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Rejected { status, .. } => *status,
             ApiError::Internal(error) => {
                 tracing::error!(error = %format!("{error:#}"), "request failed");
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
-        (status, Json(json!({ "error": self.to_string() }))).into_response()
+        let body = match &self {
+            ApiError::Invalid { field, .. } => json!({ "error": self.to_string(), "field": field }),
+            _ => json!({ "error": self.to_string() }),
+        };
+        (status, Json(body)).into_response()
     }
 }
 

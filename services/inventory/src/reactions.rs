@@ -1,0 +1,103 @@
+//! Inventory's reactions to the saga: reserve on `order.placed`, release on a compensation,
+//! deduct on `order.completed`. Each runs in the consumer's transaction.
+
+use anyhow::anyhow;
+use events::Event;
+use runtime::consumer::{Handler, HandlerError, Incoming};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::domain::{self, ReserveDecision};
+use crate::store;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Reactions;
+
+impl Handler for Reactions {
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        incoming: &Incoming,
+    ) -> Result<Vec<Event>, HandlerError> {
+        match &incoming.event {
+            Event::OrderPlaced(placed) => {
+                let lines = domain::merge_lines(
+                    placed
+                        .items
+                        .iter()
+                        .map(|line| (line.sku.as_str(), line.quantity)),
+                );
+                reserve(tx, placed.order_id, lines).await
+            }
+            Event::PaymentDeclined(declined) => release(tx, declined.order_id).await,
+            Event::FulfillmentFailed(failed) => release(tx, failed.order_id).await,
+            Event::OrderCompleted(completed) => commit(tx, completed.order_id).await,
+            _ => Ok(vec![]),
+        }
+    }
+}
+
+#[tracing::instrument(skip_all, fields(order_id = %order_id))]
+async fn reserve(
+    tx: &mut PgConnection,
+    order_id: Uuid,
+    lines: Vec<events::inventory::StockLine>,
+) -> Result<Vec<Event>, HandlerError> {
+    if store::reservation_for_update(tx, order_id).await?.is_some() {
+        // The same order placed again under a new event id: decided already.
+        return Ok(vec![]);
+    }
+    let skus: Vec<String> = lines.iter().map(|line| line.sku.clone()).collect();
+    let available = store::lock_available(tx, &skus).await?;
+    match domain::reserve(order_id, lines, &available) {
+        ReserveDecision::Reserve { reservation, event } => {
+            store::hold(tx, &reservation.items).await?;
+            store::save_reservation(tx, &reservation).await?;
+            tracing::info!("reserved");
+            Ok(vec![event])
+        }
+        ReserveDecision::Reject { reservation, event } => {
+            store::save_reservation(tx, &reservation).await?;
+            tracing::info!("rejected: out of stock");
+            Ok(vec![event])
+        }
+    }
+}
+
+#[tracing::instrument(skip_all, fields(order_id = %order_id))]
+async fn release(tx: &mut PgConnection, order_id: Uuid) -> Result<Vec<Event>, HandlerError> {
+    let Some(reservation) = store::reservation_for_update(tx, order_id).await? else {
+        // A compensation can only follow our own `inventory.reserved`; wait for the order.
+        return Err(HandlerError::Transient(anyhow!(
+            "no reservation for order {order_id} yet"
+        )));
+    };
+    let Some((released, event)) = domain::release(&reservation) else {
+        return Ok(vec![]);
+    };
+    store::lock_available(tx, &skus(&released.items)).await?;
+    store::give_back(tx, &released.items).await?;
+    store::save_reservation(tx, &released).await?;
+    tracing::info!("released");
+    Ok(vec![event])
+}
+
+#[tracing::instrument(skip_all, fields(order_id = %order_id))]
+async fn commit(tx: &mut PgConnection, order_id: Uuid) -> Result<Vec<Event>, HandlerError> {
+    let Some(reservation) = store::reservation_for_update(tx, order_id).await? else {
+        return Err(HandlerError::Transient(anyhow!(
+            "no reservation for order {order_id} yet"
+        )));
+    };
+    if let Some(committed) = domain::commit(&reservation) {
+        store::lock_available(tx, &skus(&committed.items)).await?;
+        store::deduct(tx, &committed.items).await?;
+        store::save_reservation(tx, &committed).await?;
+        tracing::info!("deducted");
+    }
+    Ok(vec![])
+}
+
+fn skus(lines: &[events::inventory::StockLine]) -> Vec<String> {
+    lines.iter().map(|line| line.sku.clone()).collect()
+}

@@ -1,0 +1,178 @@
+//! Inventory's SQL: products, their stock levels and reservations.
+
+use std::collections::HashMap;
+
+use events::inventory::StockLine;
+use serde::Serialize;
+use sqlx::types::Json;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::domain::{Reservation, ReservationStatus};
+
+/// A product as the HTTP API shows it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Product {
+    pub sku: String,
+    pub name: String,
+    pub price_cents: i64,
+    pub on_hand: i64,
+    pub reserved: i64,
+    pub available: i64,
+}
+
+pub async fn product(pool: &PgPool, sku: &str) -> Result<Option<Product>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT sku, name, price_cents, on_hand, reserved, on_hand - reserved AS available \
+         FROM products WHERE sku = $1",
+    )
+    .bind(sku)
+    .fetch_optional(pool)
+    .await
+}
+
+pub async fn products(pool: &PgPool) -> Result<Vec<Product>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT sku, name, price_cents, on_hand, reserved, on_hand - reserved AS available \
+         FROM products ORDER BY sku",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Why a product could not be saved.
+#[derive(Debug)]
+pub enum SaveProductError {
+    /// The new on-hand count is below what is already reserved.
+    BelowReserved {
+        reserved: i64,
+    },
+    Database(sqlx::Error),
+}
+
+/// Creates or replaces a product's name, price and on-hand count; what is reserved stays.
+pub async fn upsert_product(
+    tx: &mut PgConnection,
+    sku: &str,
+    name: &str,
+    price_cents: i64,
+    on_hand: i64,
+) -> Result<Product, SaveProductError> {
+    let current: Option<(i64,)> =
+        sqlx::query_as("SELECT reserved FROM products WHERE sku = $1 FOR UPDATE")
+            .bind(sku)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(SaveProductError::Database)?;
+    if let Some((reserved,)) = current
+        && on_hand < reserved
+    {
+        return Err(SaveProductError::BelowReserved { reserved });
+    }
+    sqlx::query_as(
+        "INSERT INTO products (sku, name, price_cents, on_hand) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (sku) DO UPDATE SET name = EXCLUDED.name, price_cents = EXCLUDED.price_cents, \
+         on_hand = EXCLUDED.on_hand, updated_at = now() \
+         RETURNING sku, name, price_cents, on_hand, reserved, on_hand - reserved AS available",
+    )
+    .bind(sku)
+    .bind(name)
+    .bind(price_cents)
+    .bind(on_hand)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(SaveProductError::Database)
+}
+
+/// Locks the given products (in SKU order, so concurrent reservations never deadlock) and
+/// returns the units available for each SKU that exists.
+pub async fn lock_available(
+    tx: &mut PgConnection,
+    skus: &[String],
+) -> Result<HashMap<String, i64>, sqlx::Error> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT sku, on_hand - reserved FROM products WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
+    )
+    .bind(skus)
+    .fetch_all(tx)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Adds `sign × quantity` to `reserved`, and when `deduct` also removes it from `on_hand`.
+async fn adjust(
+    tx: &mut PgConnection,
+    lines: &[StockLine],
+    reserved_delta_sign: i64,
+    deduct: bool,
+) -> Result<(), sqlx::Error> {
+    for line in lines {
+        let quantity = i64::from(line.quantity);
+        let on_hand_delta = if deduct { -quantity } else { 0 };
+        sqlx::query(
+            "UPDATE products SET reserved = reserved + $2, on_hand = on_hand + $3, updated_at = now() \
+             WHERE sku = $1",
+        )
+        .bind(&line.sku)
+        .bind(reserved_delta_sign * quantity)
+        .bind(on_hand_delta)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Holds the reservation's units (rows must be locked by [`lock_available`] first).
+pub async fn hold(tx: &mut PgConnection, lines: &[StockLine]) -> Result<(), sqlx::Error> {
+    adjust(tx, lines, 1, false).await
+}
+
+/// Gives the reservation's units back.
+pub async fn give_back(tx: &mut PgConnection, lines: &[StockLine]) -> Result<(), sqlx::Error> {
+    adjust(tx, lines, -1, false).await
+}
+
+/// The reservation's units leave the warehouse: no longer reserved, no longer on hand.
+pub async fn deduct(tx: &mut PgConnection, lines: &[StockLine]) -> Result<(), sqlx::Error> {
+    adjust(tx, lines, -1, true).await
+}
+
+/// The order's reservation, locked for update.
+pub async fn reservation_for_update(
+    tx: &mut PgConnection,
+    order_id: Uuid,
+) -> Result<Option<Reservation>, sqlx::Error> {
+    let row: Option<(String, Json<Vec<StockLine>>)> =
+        sqlx::query_as("SELECT status, items FROM reservations WHERE order_id = $1 FOR UPDATE")
+            .bind(order_id)
+            .fetch_optional(tx)
+            .await?;
+    row.map(|(status, Json(items))| {
+        let status = ReservationStatus::parse(&status).ok_or_else(|| {
+            sqlx::Error::Decode(format!("unknown reservation status {status:?}").into())
+        })?;
+        Ok(Reservation {
+            order_id,
+            status,
+            items,
+        })
+    })
+    .transpose()
+}
+
+/// Inserts or updates the reservation.
+pub async fn save_reservation(
+    tx: &mut PgConnection,
+    reservation: &Reservation,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO reservations (order_id, status, items) VALUES ($1, $2, $3) \
+         ON CONFLICT (order_id) DO UPDATE SET status = EXCLUDED.status, updated_at = now()",
+    )
+    .bind(reservation.order_id)
+    .bind(reservation.status.as_str())
+    .bind(Json(&reservation.items))
+    .execute(tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,571 @@
+//! The order saga's decisions, pure: validating and pricing a new order, and how each fact
+//! from the participants moves an order towards its terminal state.
+//!
+//! Facts may arrive in any order (they come from different streams) and more than once, so
+//! the saga records what it has learnt and derives its status from that; a compensation
+//! outcome is decided only once every compensation the failure needs is confirmed.
+
+use std::collections::{HashMap, HashSet};
+
+use events::streams::is_subject_token;
+use serde::Deserialize;
+
+/// Most lines one order may have.
+pub const MAX_LINES: usize = 100;
+/// Most units of one SKU one order may ask for.
+pub const MAX_QUANTITY: u32 = 1000;
+
+/// Where an order is in its saga.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Pending,
+    Reserved,
+    Paid,
+    Cancelling,
+    Completed,
+    Rejected,
+    Cancelled,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Reserved => "reserved",
+            Status::Paid => "paid",
+            Status::Cancelling => "cancelling",
+            Status::Completed => "completed",
+            Status::Rejected => "rejected",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Status> {
+        [
+            Status::Pending,
+            Status::Reserved,
+            Status::Paid,
+            Status::Cancelling,
+            Status::Completed,
+            Status::Rejected,
+            Status::Cancelled,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == text)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Status::Completed | Status::Rejected | Status::Cancelled
+        )
+    }
+}
+
+/// Why an order was rejected or cancelled; part of the public contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    OutOfStock,
+    PaymentDeclined,
+    FulfillmentFailed,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::OutOfStock => "out_of_stock",
+            Reason::PaymentDeclined => "payment_declined",
+            Reason::FulfillmentFailed => "fulfillment_failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Reason> {
+        [
+            Reason::OutOfStock,
+            Reason::PaymentDeclined,
+            Reason::FulfillmentFailed,
+        ]
+        .into_iter()
+        .find(|reason| reason.as_str() == text)
+    }
+}
+
+/// What the order service knows about one order's saga.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Saga {
+    pub status: Status,
+    pub reason: Option<Reason>,
+    pub inventory_released: bool,
+    pub payment_refunded: bool,
+}
+
+impl Saga {
+    /// A freshly placed order.
+    pub fn placed() -> Saga {
+        Saga {
+            status: Status::Pending,
+            reason: None,
+            inventory_released: false,
+            payment_refunded: false,
+        }
+    }
+}
+
+/// A fact a participant published about the order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fact {
+    InventoryReserved,
+    InventoryRejected,
+    InventoryReleased,
+    PaymentAuthorized,
+    PaymentDeclined,
+    PaymentRefunded,
+    FulfillmentScheduled,
+    FulfillmentFailed,
+}
+
+/// A terminal outcome the order service announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Completed,
+    /// Rejected for lack of stock, the only reason an order is rejected.
+    Rejected,
+    Cancelled(Reason),
+}
+
+/// The saga after a fact, and the outcome to announce if the fact ended it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    pub saga: Saga,
+    pub outcome: Option<Outcome>,
+}
+
+/// How one fact moves the saga. A terminal saga only records compensations; a fact that
+/// arrives late (e.g. `payment.authorized` after the failure it led to) changes nothing.
+pub fn react(saga: Saga, fact: Fact) -> Step {
+    let mut next = saga;
+    match fact {
+        Fact::InventoryReleased => next.inventory_released = true,
+        Fact::PaymentRefunded => next.payment_refunded = true,
+        _ if saga.status.is_terminal() || saga.status == Status::Cancelling => {}
+        Fact::InventoryReserved => next.status = later(saga.status, Status::Reserved),
+        Fact::PaymentAuthorized => next.status = later(saga.status, Status::Paid),
+        Fact::InventoryRejected => {
+            next.status = Status::Rejected;
+            next.reason = Some(Reason::OutOfStock);
+            return Step {
+                saga: next,
+                outcome: Some(Outcome::Rejected),
+            };
+        }
+        Fact::FulfillmentScheduled => {
+            next.status = Status::Completed;
+            return Step {
+                saga: next,
+                outcome: Some(Outcome::Completed),
+            };
+        }
+        Fact::PaymentDeclined => {
+            next.status = Status::Cancelling;
+            next.reason = Some(Reason::PaymentDeclined);
+        }
+        Fact::FulfillmentFailed => {
+            next.status = Status::Cancelling;
+            next.reason = Some(Reason::FulfillmentFailed);
+        }
+    }
+    finish_cancelling(next)
+}
+
+/// The later of two forward statuses: facts can overtake each other.
+fn later(current: Status, candidate: Status) -> Status {
+    let rank = |status| match status {
+        Status::Pending => 0,
+        Status::Reserved => 1,
+        _ => 2,
+    };
+    if rank(candidate) > rank(current) {
+        candidate
+    } else {
+        current
+    }
+}
+
+/// A cancelling saga is cancelled once the compensations its failure needs are confirmed:
+/// a declined payment leaves a reservation to release; a failed shipment leaves a
+/// reservation to release and a payment to refund.
+fn finish_cancelling(saga: Saga) -> Step {
+    let done = match (saga.status, saga.reason) {
+        (Status::Cancelling, Some(Reason::PaymentDeclined)) => saga.inventory_released,
+        (Status::Cancelling, Some(Reason::FulfillmentFailed)) => {
+            saga.inventory_released && saga.payment_refunded
+        }
+        _ => false,
+    };
+    match (done, saga.reason) {
+        (true, Some(reason)) => Step {
+            saga: Saga {
+                status: Status::Cancelled,
+                ..saga
+            },
+            outcome: Some(Outcome::Cancelled(reason)),
+        },
+        _ => Step {
+            saga,
+            outcome: None,
+        },
+    }
+}
+
+/// The body of `POST /orders`, as the client sent it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OrderRequest {
+    pub customer_id: String,
+    pub email: String,
+    pub items: Vec<ItemRequest>,
+    pub payment_method: String,
+    pub shipping: ShippingRequest,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ItemRequest {
+    pub sku: String,
+    pub quantity: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ShippingRequest {
+    pub country: String,
+    pub address: String,
+}
+
+/// A request field that is not acceptable, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub field: String,
+    pub message: String,
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> Invalid {
+    Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// A line priced from the catalogue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PricedLine {
+    pub sku: String,
+    pub quantity: u32,
+    pub unit_price_cents: i64,
+}
+
+/// A valid order, priced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOrder {
+    pub customer_id: String,
+    pub email: String,
+    pub lines: Vec<PricedLine>,
+    pub total_cents: i64,
+    pub payment_method: String,
+    pub country: String,
+    pub address: String,
+}
+
+/// Checks everything that does not need the catalogue; the first problem found is reported
+/// with the path of its field.
+pub fn validate(request: &OrderRequest) -> Result<(), Invalid> {
+    check_text("customer_id", &request.customer_id, 100)?;
+    check_text("email", &request.email, 254)?;
+    let well_formed_email = request
+        .email
+        .split_once('@')
+        .is_some_and(|(local, domain)| {
+            !local.is_empty() && domain.contains('.') && !domain.starts_with('.')
+        });
+    if !well_formed_email || request.email.chars().any(char::is_whitespace) {
+        return Err(invalid("email", "must be an e-mail address"));
+    }
+    if request.items.is_empty() {
+        return Err(invalid("items", "must contain at least one line"));
+    }
+    if request.items.len() > MAX_LINES {
+        return Err(invalid(
+            "items",
+            format!("must contain at most {MAX_LINES} lines"),
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (index, item) in request.items.iter().enumerate() {
+        if !is_subject_token(&item.sku) {
+            return Err(invalid(
+                format!("items[{index}].sku"),
+                "must be 1 to 64 letters, digits, '-' or '_'",
+            ));
+        }
+        if !seen.insert(item.sku.as_str()) {
+            return Err(invalid(
+                format!("items[{index}].sku"),
+                format!("{} appears twice; combine the quantities", item.sku),
+            ));
+        }
+        if item.quantity == 0 || item.quantity > MAX_QUANTITY {
+            return Err(invalid(
+                format!("items[{index}].quantity"),
+                format!("must be between 1 and {MAX_QUANTITY}"),
+            ));
+        }
+    }
+    check_text("payment_method", &request.payment_method, 100)?;
+    let country = &request.shipping.country;
+    if country.len() != 2 || !country.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(invalid(
+            "shipping.country",
+            "must be an ISO 3166-1 alpha-2 code such as NL",
+        ));
+    }
+    check_text("shipping.address", &request.shipping.address, 500)
+}
+
+fn check_text(field: &str, value: &str, max_chars: usize) -> Result<(), Invalid> {
+    if value.trim().is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if value.chars().count() > max_chars {
+        return Err(invalid(
+            field,
+            format!("must be at most {max_chars} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Prices a validated request from the catalogue (SKU → unit price); an unknown SKU is
+/// reported with the path of its line.
+pub fn price(
+    request: &OrderRequest,
+    catalogue: &HashMap<String, i64>,
+) -> Result<NewOrder, Invalid> {
+    let mut lines = Vec::with_capacity(request.items.len());
+    let mut total_cents: i64 = 0;
+    for (index, item) in request.items.iter().enumerate() {
+        let Some(&unit_price_cents) = catalogue.get(&item.sku) else {
+            return Err(invalid(
+                format!("items[{index}].sku"),
+                format!("unknown SKU {:?}", item.sku),
+            ));
+        };
+        total_cents = unit_price_cents
+            .checked_mul(i64::from(item.quantity))
+            .and_then(|line_total| total_cents.checked_add(line_total))
+            .ok_or_else(|| invalid("items", "the order total is too large"))?;
+        lines.push(PricedLine {
+            sku: item.sku.clone(),
+            quantity: item.quantity,
+            unit_price_cents,
+        });
+    }
+    Ok(NewOrder {
+        customer_id: request.customer_id.trim().to_owned(),
+        email: request.email.clone(),
+        lines,
+        total_cents,
+        payment_method: request.payment_method.clone(),
+        country: request.shipping.country.clone(),
+        address: request.shipping.address.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Given the saga after `given` facts, when `when` arrives, expect this status and outcome.
+    fn check(given: &[Fact], when: Fact, status: Status, outcome: Option<Outcome>) {
+        let saga = given
+            .iter()
+            .fold(Saga::placed(), |saga, fact| react(saga, *fact).saga);
+        let step = react(saga, when);
+        assert_eq!(
+            (step.saga.status, step.outcome),
+            (status, outcome),
+            "given {given:?} when {when:?}"
+        );
+    }
+
+    use Fact::*;
+
+    #[test]
+    fn the_happy_path_completes_when_the_shipment_is_scheduled() {
+        check(&[], InventoryReserved, Status::Reserved, None);
+        check(&[InventoryReserved], PaymentAuthorized, Status::Paid, None);
+        check(
+            &[InventoryReserved, PaymentAuthorized],
+            FulfillmentScheduled,
+            Status::Completed,
+            Some(Outcome::Completed),
+        );
+    }
+
+    #[test]
+    fn out_of_stock_rejects_the_order() {
+        check(
+            &[],
+            InventoryRejected,
+            Status::Rejected,
+            Some(Outcome::Rejected),
+        );
+    }
+
+    #[test]
+    fn a_declined_payment_waits_for_the_release_before_cancelling() {
+        check(
+            &[InventoryReserved],
+            PaymentDeclined,
+            Status::Cancelling,
+            None,
+        );
+        check(
+            &[InventoryReserved, PaymentDeclined],
+            InventoryReleased,
+            Status::Cancelled,
+            Some(Outcome::Cancelled(Reason::PaymentDeclined)),
+        );
+    }
+
+    #[test]
+    fn a_release_that_overtakes_the_decline_still_cancels_once() {
+        check(
+            &[InventoryReserved, InventoryReleased],
+            PaymentDeclined,
+            Status::Cancelled,
+            Some(Outcome::Cancelled(Reason::PaymentDeclined)),
+        );
+    }
+
+    #[test]
+    fn a_failed_shipment_needs_both_refund_and_release() {
+        let before = [InventoryReserved, PaymentAuthorized, FulfillmentFailed];
+        check(&before, PaymentRefunded, Status::Cancelling, None);
+        check(&before, InventoryReleased, Status::Cancelling, None);
+        check(
+            &[
+                InventoryReserved,
+                PaymentAuthorized,
+                FulfillmentFailed,
+                InventoryReleased,
+            ],
+            PaymentRefunded,
+            Status::Cancelled,
+            Some(Outcome::Cancelled(Reason::FulfillmentFailed)),
+        );
+    }
+
+    #[test]
+    fn facts_that_overtake_each_other_move_forward_only() {
+        check(&[PaymentAuthorized], InventoryReserved, Status::Paid, None);
+        check(
+            &[],
+            FulfillmentScheduled,
+            Status::Completed,
+            Some(Outcome::Completed),
+        );
+    }
+
+    #[test]
+    fn a_terminal_order_ignores_late_and_repeated_facts() {
+        let completed = [InventoryReserved, PaymentAuthorized, FulfillmentScheduled];
+        check(&completed, FulfillmentScheduled, Status::Completed, None);
+        check(&completed, PaymentDeclined, Status::Completed, None);
+        check(
+            &[InventoryRejected],
+            InventoryRejected,
+            Status::Rejected,
+            None,
+        );
+        let cancelled = [InventoryReserved, PaymentDeclined, InventoryReleased];
+        check(&cancelled, InventoryReleased, Status::Cancelled, None);
+    }
+
+    #[test]
+    fn a_cancelling_order_is_not_completed_by_a_late_shipment() {
+        check(
+            &[InventoryReserved, PaymentDeclined],
+            FulfillmentScheduled,
+            Status::Cancelling,
+            None,
+        );
+    }
+
+    fn request() -> OrderRequest {
+        OrderRequest {
+            customer_id: "c-1".into(),
+            email: "c1@example.com".into(),
+            items: vec![ItemRequest {
+                sku: "MUG".into(),
+                quantity: 2,
+            }],
+            payment_method: "tok_ok".into(),
+            shipping: ShippingRequest {
+                country: "NL".into(),
+                address: "Damrak 1, Amsterdam".into(),
+            },
+        }
+    }
+
+    fn field_of(request: &OrderRequest) -> String {
+        validate(request).unwrap_err().field
+    }
+
+    #[test]
+    fn a_well_formed_order_is_valid() {
+        assert_eq!(validate(&request()), Ok(()));
+    }
+
+    #[test]
+    fn each_invalid_field_is_named() {
+        let mut r = request();
+        r.email = "not-an-email".into();
+        assert_eq!(field_of(&r), "email");
+
+        let mut r = request();
+        r.items.clear();
+        assert_eq!(field_of(&r), "items");
+
+        let mut r = request();
+        r.items[0].quantity = 0;
+        assert_eq!(field_of(&r), "items[0].quantity");
+
+        let mut r = request();
+        r.items.push(r.items[0].clone());
+        assert_eq!(field_of(&r), "items[1].sku");
+
+        let mut r = request();
+        r.items[0].sku = "a.b".into();
+        assert_eq!(field_of(&r), "items[0].sku");
+
+        let mut r = request();
+        r.shipping.country = "nl".into();
+        assert_eq!(field_of(&r), "shipping.country");
+
+        let mut r = request();
+        r.customer_id = "  ".into();
+        assert_eq!(field_of(&r), "customer_id");
+    }
+
+    #[test]
+    fn an_order_is_priced_from_the_catalogue() {
+        let catalogue = HashMap::from([("MUG".to_string(), 1250)]);
+        let order = price(&request(), &catalogue).unwrap();
+        assert_eq!(order.total_cents, 2500);
+        assert_eq!(order.lines[0].unit_price_cents, 1250);
+    }
+
+    #[test]
+    fn an_unknown_sku_is_named_with_its_line() {
+        let error = price(&request(), &HashMap::new()).unwrap_err();
+        assert_eq!(error.field, "items[0].sku");
+        assert!(error.message.contains("unknown SKU"));
+    }
+}

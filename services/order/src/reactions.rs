@@ -1,0 +1,108 @@
+//! The order service's reactions: the catalogue read model from `inventory.product_updated`,
+//! and the saga moved by each participant's outcome, announcing terminal outcomes.
+
+use chrono::Utc;
+use events::Event;
+use events::order::{CancelReason, OrderCancelled, OrderCompleted, OrderRejected, RejectReason};
+use runtime::consumer::{Handler, HandlerError, Incoming};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::domain::{self, Fact, Outcome, Reason};
+use crate::store::{self, CatalogueEntry};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Reactions;
+
+impl Handler for Reactions {
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        incoming: &Incoming,
+    ) -> Result<Vec<Event>, HandlerError> {
+        if let Event::ProductUpdated(product) = &incoming.event {
+            let entry = CatalogueEntry {
+                sku: product.sku.clone(),
+                name: product.name.clone(),
+                price_cents: product.price_cents,
+            };
+            store::upsert_catalogue(tx, &entry, incoming.envelope.time).await?;
+            return Ok(vec![]);
+        }
+        match (fact_of(&incoming.event), incoming.event.order_id()) {
+            (Some(fact), Some(order_id)) => advance(tx, order_id, fact, incoming).await,
+            _ => Ok(vec![]),
+        }
+    }
+}
+
+/// The saga fact a participant's event stands for (conversion at the edge).
+fn fact_of(event: &Event) -> Option<Fact> {
+    Some(match event {
+        Event::InventoryReserved(_) => Fact::InventoryReserved,
+        Event::InventoryRejected(_) => Fact::InventoryRejected,
+        Event::InventoryReleased(_) => Fact::InventoryReleased,
+        Event::PaymentAuthorized(_) => Fact::PaymentAuthorized,
+        Event::PaymentDeclined(_) => Fact::PaymentDeclined,
+        Event::PaymentRefunded(_) => Fact::PaymentRefunded,
+        Event::FulfillmentScheduled(_) => Fact::FulfillmentScheduled,
+        Event::FulfillmentFailed(_) => Fact::FulfillmentFailed,
+        _ => return None,
+    })
+}
+
+#[tracing::instrument(skip_all, fields(order_id = %order_id, fact = ?fact))]
+async fn advance(
+    tx: &mut PgConnection,
+    order_id: Uuid,
+    fact: Fact,
+    incoming: &Incoming,
+) -> Result<Vec<Event>, HandlerError> {
+    let Some(saga) = store::saga_for_update(tx, order_id).await? else {
+        // Every saga event follows an order.placed that this service wrote itself.
+        return Err(HandlerError::Permanent(format!(
+            "event for unknown order {order_id}"
+        )));
+    };
+    let step = domain::react(saga, fact);
+    store::record_history(
+        tx,
+        order_id,
+        &incoming.envelope.event_type,
+        incoming.envelope.time,
+    )
+    .await?;
+    if step.saga != saga {
+        store::save_saga(tx, order_id, &step.saga).await?;
+    }
+    let Some(outcome) = step.outcome else {
+        return Ok(vec![]);
+    };
+    let event = announce(order_id, outcome)?;
+    store::record_history(tx, order_id, event.event_type(), Utc::now()).await?;
+    tracing::info!(status = step.saga.status.as_str(), "saga finished");
+    Ok(vec![event])
+}
+
+/// The public event announcing an outcome (conversion at the edge).
+fn announce(order_id: Uuid, outcome: Outcome) -> Result<Event, HandlerError> {
+    Ok(match outcome {
+        Outcome::Completed => Event::OrderCompleted(OrderCompleted { order_id }),
+        Outcome::Rejected => Event::OrderRejected(OrderRejected {
+            order_id,
+            reason: RejectReason::OutOfStock,
+        }),
+        Outcome::Cancelled(reason) => Event::OrderCancelled(OrderCancelled {
+            order_id,
+            reason: match reason {
+                Reason::PaymentDeclined => CancelReason::PaymentDeclined,
+                Reason::FulfillmentFailed => CancelReason::FulfillmentFailed,
+                Reason::OutOfStock => {
+                    return Err(HandlerError::Permanent(
+                        "an order cannot be cancelled for being out of stock".into(),
+                    ));
+                }
+            },
+        }),
+    })
+}

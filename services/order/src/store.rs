@@ -1,0 +1,273 @@
+//! The order service's SQL: orders and their saga progress, history, idempotency keys and
+//! the catalogue read model.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use events::order::{OrderLine, Shipping};
+use serde::Serialize;
+use sqlx::types::Json;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::domain::{NewOrder, Reason, Saga, Status};
+
+/// Stores a new order in its first saga state.
+pub async fn insert_order(
+    tx: &mut PgConnection,
+    order_id: Uuid,
+    order: &NewOrder,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO orders (order_id, customer_id, email, items, total_cents, payment_method, \
+         shipping, status) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(order_id)
+    .bind(&order.customer_id)
+    .bind(&order.email)
+    .bind(Json(lines(order)))
+    .bind(order.total_cents)
+    .bind(&order.payment_method)
+    .bind(Json(Shipping {
+        country: order.country.clone(),
+        address: order.address.clone(),
+    }))
+    .bind(Status::Pending.as_str())
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// The order's lines in their wire shape.
+pub fn lines(order: &NewOrder) -> Vec<OrderLine> {
+    order
+        .lines
+        .iter()
+        .map(|line| OrderLine {
+            sku: line.sku.clone(),
+            quantity: line.quantity,
+            unit_price_cents: line.unit_price_cents,
+        })
+        .collect()
+}
+
+/// The saga state of an order, locked for update.
+pub async fn saga_for_update(
+    tx: &mut PgConnection,
+    order_id: Uuid,
+) -> Result<Option<Saga>, sqlx::Error> {
+    let row: Option<(String, Option<String>, bool, bool)> = sqlx::query_as(
+        "SELECT status, reason, inventory_released, payment_refunded FROM orders \
+         WHERE order_id = $1 FOR UPDATE",
+    )
+    .bind(order_id)
+    .fetch_optional(tx)
+    .await?;
+    row.map(|(status, reason, inventory_released, payment_refunded)| {
+        let corrupt = |what: &str, value: &str| {
+            sqlx::Error::Decode(format!("unknown order {what} {value:?}").into())
+        };
+        Ok(Saga {
+            status: Status::parse(&status).ok_or_else(|| corrupt("status", &status))?,
+            reason: reason
+                .map(|reason| Reason::parse(&reason).ok_or_else(|| corrupt("reason", &reason)))
+                .transpose()?,
+            inventory_released,
+            payment_refunded,
+        })
+    })
+    .transpose()
+}
+
+pub async fn save_saga(
+    tx: &mut PgConnection,
+    order_id: Uuid,
+    saga: &Saga,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE orders SET status = $2, reason = $3, inventory_released = $4, \
+         payment_refunded = $5, updated_at = now() WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .bind(saga.status.as_str())
+    .bind(saga.reason.map(Reason::as_str))
+    .bind(saga.inventory_released)
+    .bind(saga.payment_refunded)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Adds a saga event to the order's history; a second event of the same type is ignored.
+pub async fn record_history(
+    tx: &mut PgConnection,
+    order_id: Uuid,
+    event_type: &str,
+    at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO order_history (order_id, event_type, at) VALUES ($1, $2, $3) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(order_id)
+    .bind(event_type)
+    .bind(at)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// An order as `GET /orders/{id}` shows it.
+#[derive(Debug, Serialize)]
+pub struct OrderView {
+    pub order_id: Uuid,
+    pub customer_id: String,
+    pub status: String,
+    pub reason: Option<String>,
+    pub items: Vec<OrderLine>,
+    pub total_cents: i64,
+    pub history: Vec<HistoryEntry>,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct HistoryEntry {
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub at: DateTime<Utc>,
+}
+
+pub async fn order_view(pool: &PgPool, order_id: Uuid) -> Result<Option<OrderView>, sqlx::Error> {
+    let row: Option<(String, String, Option<String>, Json<Vec<OrderLine>>, i64)> = sqlx::query_as(
+        "SELECT customer_id, status, reason, items, total_cents FROM orders WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .fetch_optional(pool)
+    .await?;
+    let Some((customer_id, status, reason, Json(items), total_cents)) = row else {
+        return Ok(None);
+    };
+    let history = sqlx::query_as(
+        "SELECT event_type, at FROM order_history WHERE order_id = $1 ORDER BY at, event_type",
+    )
+    .bind(order_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(Some(OrderView {
+        order_id,
+        customer_id,
+        status,
+        reason,
+        items,
+        total_cents,
+        history,
+    }))
+}
+
+/// What an idempotency key says about a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum KeyClaim {
+    /// First use: the key now belongs to this new order.
+    Claimed,
+    /// Used before with the same body, for this order.
+    Replay(Uuid),
+    /// Used before with another body.
+    Mismatch,
+}
+
+/// Claims `key` for `order_id` and `request`. A concurrent request with the same key waits
+/// for this transaction, then sees the key as used.
+pub async fn claim_idempotency_key(
+    tx: &mut PgConnection,
+    key: &str,
+    request: &serde_json::Value,
+    order_id: Uuid,
+) -> Result<KeyClaim, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_keys (key, request, order_id) VALUES ($1, $2, $3) \
+         ON CONFLICT (key) DO NOTHING",
+    )
+    .bind(key)
+    .bind(Json(request))
+    .bind(order_id)
+    .execute(&mut *tx)
+    .await?;
+    if inserted.rows_affected() == 1 {
+        return Ok(KeyClaim::Claimed);
+    }
+    let (existing, same): (Uuid, bool) =
+        sqlx::query_as("SELECT order_id, request = $2 FROM idempotency_keys WHERE key = $1")
+            .bind(key)
+            .bind(Json(request))
+            .fetch_one(&mut *tx)
+            .await?;
+    Ok(if same {
+        KeyClaim::Replay(existing)
+    } else {
+        KeyClaim::Mismatch
+    })
+}
+
+pub async fn order_status(pool: &PgPool, order_id: Uuid) -> Result<Option<String>, sqlx::Error> {
+    let row: Option<(String,)> = sqlx::query_as("SELECT status FROM orders WHERE order_id = $1")
+        .bind(order_id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.map(|(status,)| status))
+}
+
+/// A product as the order service knows it.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct CatalogueEntry {
+    pub sku: String,
+    pub name: String,
+    pub price_cents: i64,
+}
+
+/// Applies a product update unless a newer one was applied already.
+pub async fn upsert_catalogue(
+    tx: &mut PgConnection,
+    entry: &CatalogueEntry,
+    at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO catalogue (sku, name, price_cents, updated_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (sku) DO UPDATE SET name = EXCLUDED.name, price_cents = EXCLUDED.price_cents, \
+         updated_at = EXCLUDED.updated_at WHERE catalogue.updated_at <= EXCLUDED.updated_at",
+    )
+    .bind(&entry.sku)
+    .bind(&entry.name)
+    .bind(entry.price_cents)
+    .bind(at)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn catalogue_entry(
+    pool: &PgPool,
+    sku: &str,
+) -> Result<Option<CatalogueEntry>, sqlx::Error> {
+    sqlx::query_as("SELECT sku, name, price_cents FROM catalogue WHERE sku = $1")
+        .bind(sku)
+        .fetch_optional(pool)
+        .await
+}
+
+pub async fn catalogue(pool: &PgPool) -> Result<Vec<CatalogueEntry>, sqlx::Error> {
+    sqlx::query_as("SELECT sku, name, price_cents FROM catalogue ORDER BY sku")
+        .fetch_all(pool)
+        .await
+}
+
+/// Unit prices of the given SKUs that the catalogue knows.
+pub async fn prices(
+    tx: &mut PgConnection,
+    skus: &[String],
+) -> Result<HashMap<String, i64>, sqlx::Error> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT sku, price_cents FROM catalogue WHERE sku = ANY($1)")
+            .bind(skus)
+            .fetch_all(tx)
+            .await?;
+    Ok(rows.into_iter().collect())
+}
