@@ -15,7 +15,8 @@ use serde_json::json;
 use sqlx::PgPool;
 use thiserror::Error;
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use tracing::Level;
 
 use crate::consumer::ConsumerHealth;
 
@@ -156,5 +157,6 @@ pub fn finish(routes: Router, readiness: Readiness) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(10),
         ))
-        .layer(TraceLayer::new_for_http())
+        // Server errors are logged once, by `ApiError`; a 503 from /readyz is no failure.
+        .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(Level::DEBUG)))
 }

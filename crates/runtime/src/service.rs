@@ -195,8 +195,10 @@ impl<H: Handler> Service<H> {
                 "outbox relay did not finish in time; pending rows stay for the next start"
             );
         }
-        let _ = platform.nats.flush().await;
-        platform.pool.close().await;
+        // Both wait on the network; a broker or database that is gone must not hold us up.
+        let grace = std::time::Duration::from_secs(2);
+        let _ = tokio::time::timeout(grace, platform.nats.flush()).await;
+        let _ = tokio::time::timeout(grace, platform.pool.close()).await;
         tracing::info!("stopped");
         result
     }

@@ -1,1 +1,54 @@
-//! stub
+//! The fulfillment service: learns where each order ships to from `order.placed`, books one
+//! shipment per order once `payment.authorized` arrives (or fails it when no carrier serves
+//! the country), and publishes the outcome to the FULFILLMENT stream.
+//!
+//! [`domain`] holds the rules, [`reactions`] the event handler, [`store`] the SQL and
+//! [`http`] the API; [`build`] wires them onto the runtime.
+
+pub mod domain;
+pub mod http;
+pub mod reactions;
+pub mod store;
+
+use events::streams::Context;
+use runtime::consumer::Subscription;
+use runtime::service::{Domain, Platform, Service};
+use runtime::settings::{Identity, Settings};
+use sqlx::migrate::Migrator;
+
+use crate::reactions::Reactions;
+
+/// Who this service is: its database, consumers and event source are named after it.
+pub const IDENTITY: Identity = Identity {
+    name: "fulfillment",
+    default_http_port: 8083,
+};
+
+/// The service's own tables (the runtime adds the outbox and inbox).
+static MIGRATIONS: Migrator = sqlx::migrate!();
+
+/// Connects the database (creating and migrating it) and NATS, creates the streams and binds
+/// the HTTP listener. Run the result with [`Service::run_until_stopped`].
+pub async fn build(settings: Settings) -> anyhow::Result<Service<Reactions>> {
+    let platform = Platform::connect(IDENTITY, settings, &MIGRATIONS).await?;
+    let routes = http::routes(platform.pool.clone());
+    Service::build(
+        platform,
+        Domain {
+            routes,
+            publishes: Some(Context::Fulfillment),
+            subscriptions: vec![
+                Subscription {
+                    stream: Context::Order,
+                    event_types: vec!["order.placed"],
+                },
+                Subscription {
+                    stream: Context::Payment,
+                    event_types: vec!["payment.authorized"],
+                },
+            ],
+            handler: Reactions {},
+        },
+    )
+    .await
+}

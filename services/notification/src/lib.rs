@@ -1,1 +1,59 @@
-//! stub
+//! The notification service: keeps each order's contact from `order.placed` and tells the
+//! customer, exactly once per kind, that their order was placed, its shipment scheduled, or
+//! the order completed, cancelled or rejected. It publishes nothing.
+//!
+//! [`domain`] holds the rules, [`reactions`] the event handler, [`store`] the SQL and
+//! [`http`] the API; [`build`] wires them onto the runtime.
+
+pub mod domain;
+pub mod http;
+pub mod reactions;
+pub mod store;
+
+use events::streams::Context;
+use runtime::consumer::Subscription;
+use runtime::service::{Domain, Platform, Service};
+use runtime::settings::{Identity, Settings};
+use sqlx::migrate::Migrator;
+
+use crate::reactions::Reactions;
+
+/// Who this service is: its database, consumers and event source are named after it.
+pub const IDENTITY: Identity = Identity {
+    name: "notification",
+    default_http_port: 8084,
+};
+
+/// The service's own tables (the runtime adds the outbox and inbox).
+static MIGRATIONS: Migrator = sqlx::migrate!();
+
+/// Connects the database (creating and migrating it) and NATS, creates the streams and binds
+/// the HTTP listener. Run the result with [`Service::run_until_stopped`].
+pub async fn build(settings: Settings) -> anyhow::Result<Service<Reactions>> {
+    let platform = Platform::connect(IDENTITY, settings, &MIGRATIONS).await?;
+    let routes = http::routes(platform.pool.clone());
+    Service::build(
+        platform,
+        Domain {
+            routes,
+            publishes: None,
+            subscriptions: vec![
+                Subscription {
+                    stream: Context::Order,
+                    event_types: vec![
+                        "order.placed",
+                        "order.completed",
+                        "order.cancelled",
+                        "order.rejected",
+                    ],
+                },
+                Subscription {
+                    stream: Context::Fulfillment,
+                    event_types: vec!["fulfillment.scheduled"],
+                },
+            ],
+            handler: Reactions {},
+        },
+    )
+    .await
+}

@@ -1,1 +1,11 @@
-fn main() {}
+//! The `notification-service` binary: reads its settings from the environment and runs the service.
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = runtime::settings::Settings::from_env();
+    runtime::telemetry::init(settings.log_format);
+    let service = notification::build(settings).await?;
+    service
+        .run_until_stopped(runtime::service::shutdown_signal())
+        .await
+}

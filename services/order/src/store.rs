@@ -136,14 +136,23 @@ pub struct HistoryEntry {
     pub at: DateTime<Utc>,
 }
 
+#[derive(sqlx::FromRow)]
+struct OrderRow {
+    customer_id: String,
+    status: String,
+    reason: Option<String>,
+    items: Json<Vec<OrderLine>>,
+    total_cents: i64,
+}
+
 pub async fn order_view(pool: &PgPool, order_id: Uuid) -> Result<Option<OrderView>, sqlx::Error> {
-    let row: Option<(String, String, Option<String>, Json<Vec<OrderLine>>, i64)> = sqlx::query_as(
+    let row: Option<OrderRow> = sqlx::query_as(
         "SELECT customer_id, status, reason, items, total_cents FROM orders WHERE order_id = $1",
     )
     .bind(order_id)
     .fetch_optional(pool)
     .await?;
-    let Some((customer_id, status, reason, Json(items), total_cents)) = row else {
+    let Some(row) = row else {
         return Ok(None);
     };
     let history = sqlx::query_as(
@@ -154,11 +163,11 @@ pub async fn order_view(pool: &PgPool, order_id: Uuid) -> Result<Option<OrderVie
     .await?;
     Ok(Some(OrderView {
         order_id,
-        customer_id,
-        status,
-        reason,
-        items,
-        total_cents,
+        customer_id: row.customer_id,
+        status: row.status,
+        reason: row.reason,
+        items: row.items.0,
+        total_cents: row.total_cents,
         history,
     }))
 }

