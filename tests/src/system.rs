@@ -334,6 +334,9 @@ impl System {
                 ("DB_MAX_CONNECTIONS".to_owned(), "4".to_owned()),
                 // Redeliveries after a crash come quickly, so the crash test is quick.
                 ("CONSUMER_ACK_WAIT".to_owned(), "2s".to_owned()),
+                // Far beyond any test's own timeouts on a busy machine: only the deadline
+                // tests, which set their own, should ever see an order run out of time.
+                ("ORDER_DEADLINE".to_owned(), "120s".to_owned()),
             ];
             let extra_env: Vec<(String, String)> = options
                 .extra_env
@@ -474,6 +477,31 @@ impl System {
     /// Kills a service with SIGKILL, as a crash would, and waits until it is gone.
     pub fn kill(&mut self, service: Service) {
         self.process_mut(service).kill();
+    }
+
+    /// Freezes a service with SIGSTOP: it keeps its connections but does nothing, as a
+    /// process stuck in a long pause would. [`System::resume`] lets it go on.
+    pub fn pause(&mut self, service: Service) -> Result<()> {
+        self.signal(service, Signal::STOP)
+    }
+
+    /// Lets a paused service go on (SIGCONT).
+    pub fn resume(&mut self, service: Service) -> Result<()> {
+        self.signal(service, Signal::CONT)
+    }
+
+    fn signal(&mut self, service: Service, signal: Signal) -> Result<()> {
+        let process = self
+            .process_mut(service)
+            .process
+            .as_ref()
+            .with_context(|| format!("{service} is not running"))?;
+        let pid = i32::try_from(process.id())
+            .ok()
+            .and_then(Pid::from_raw)
+            .with_context(|| format!("{service} has no usable pid"))?;
+        kill_process(pid, signal).with_context(|| format!("failed to signal {service}"))?;
+        Ok(())
     }
 
     /// Waits for a service to exit on its own (a fault that kills the process) and returns

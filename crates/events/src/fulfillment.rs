@@ -20,7 +20,8 @@ pub struct FulfillmentFailed {
     pub reason: String,
 }
 
-/// `fulfillment.cancelled` v1: a scheduled shipment was cancelled (compensation).
+/// `fulfillment.cancelled` v1: in answer to `order.cancellation_requested`, the order's
+/// shipment is cancelled, or will never be booked, or had failed: nothing will ship.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct FulfillmentCancelled {
     pub order_id: Uuid,

@@ -37,7 +37,9 @@ pub struct InventoryRejected {
     pub unavailable_skus: Vec<String>,
 }
 
-/// `inventory.released` v1: a reservation was given back (compensation).
+/// `inventory.released` v1: a reservation was given back (compensation). In answer to
+/// `order.cancellation_requested` it also confirms that nothing is held: `items` is then
+/// empty when nothing had been reserved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct InventoryReleased {
     pub order_id: Uuid,

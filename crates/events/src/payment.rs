@@ -21,7 +21,9 @@ pub struct PaymentDeclined {
     pub reason: String,
 }
 
-/// `payment.refunded` v1: an authorized amount was given back (compensation).
+/// `payment.refunded` v1: an authorized amount was given back (compensation). In answer to
+/// `order.cancellation_requested` it also confirms that no money is held: `amount_cents` is
+/// then 0 when nothing had been charged (and nothing ever will be).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PaymentRefunded {
     pub order_id: Uuid,

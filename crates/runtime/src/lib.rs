@@ -14,3 +14,5 @@ pub mod outbox;
 pub mod service;
 pub mod settings;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;

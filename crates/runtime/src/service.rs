@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use async_nats::jetstream;
 use axum::Router;
 use events::streams::Context;
+use futures::future::BoxFuture;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
@@ -59,14 +60,28 @@ impl Platform {
     }
 }
 
+/// A background task of the service's own (e.g. a timer): started with the consumers, asked
+/// to stop through its token with them, and awaited like them.
+pub type Worker = Box<dyn FnOnce(CancellationToken) -> BoxFuture<'static, ()> + Send>;
+
 /// What a service adds to the platform: its HTTP routes, the stream it publishes to, what it
-/// subscribes to and how it reacts.
-#[derive(Debug)]
+/// subscribes to, how it reacts, and any background workers of its own.
 pub struct Domain<H> {
     pub routes: Router,
     pub publishes: Option<Context>,
     pub subscriptions: Vec<Subscription>,
     pub handler: H,
+    pub workers: Vec<Worker>,
+}
+
+impl<H> std::fmt::Debug for Domain<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Domain")
+            .field("publishes", &self.publishes)
+            .field("subscriptions", &self.subscriptions)
+            .field("workers", &self.workers.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A built service, listening but not yet running.
@@ -140,6 +155,9 @@ impl<H: Handler> Service<H> {
                 },
             };
             consumers.spawn(consumer.run(stop_consumers.clone(), health.clone()));
+        }
+        for worker in domain.workers {
+            consumers.spawn(worker(stop_consumers.clone()));
         }
         consumers.close();
 

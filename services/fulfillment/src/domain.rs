@@ -3,7 +3,7 @@
 //! randomness: the new shipment's id is passed in.
 
 use events::Event;
-use events::fulfillment::{FulfillmentFailed, FulfillmentScheduled};
+use events::fulfillment::{FulfillmentCancelled, FulfillmentFailed, FulfillmentScheduled};
 use events::order::OrderPlaced;
 use uuid::Uuid;
 
@@ -29,8 +29,18 @@ pub fn destination_of(placed: &OrderPlaced) -> Destination {
 /// What became of an order's shipment. Each state carries exactly its facts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShipmentStatus {
-    Scheduled { shipment_id: Uuid, carrier: String },
-    Failed { reason: String },
+    Scheduled {
+        shipment_id: Uuid,
+        carrier: String,
+    },
+    Failed {
+        reason: String,
+    },
+    /// Cancelled with its order: before it was booked (no id, no carrier) or after.
+    Cancelled {
+        shipment_id: Option<Uuid>,
+        carrier: Option<String>,
+    },
 }
 
 impl ShipmentStatus {
@@ -39,6 +49,7 @@ impl ShipmentStatus {
         match self {
             ShipmentStatus::Scheduled { .. } => "scheduled",
             ShipmentStatus::Failed { .. } => "failed",
+            ShipmentStatus::Cancelled { .. } => "cancelled",
         }
     }
 }
@@ -103,6 +114,43 @@ pub fn ship(
             shipment_id: new_shipment_id,
             carrier,
         })],
+    }
+}
+
+/// What `order.cancellation_requested` does to the order's shipment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cancel {
+    /// Record the shipment as cancelled (booked or not) and confirm.
+    Cancel { shipment: Shipment, event: Event },
+    /// Nothing to undo (the shipment had failed): only confirm.
+    Confirm(Event),
+    /// Cancelled before: nothing to do.
+    AlreadyCancelled,
+}
+
+/// The order service cancels the order: a booked shipment is cancelled, one not booked yet
+/// never will be (the cancelled record stops a late `payment.authorized`), and the order is
+/// told with `fulfillment.cancelled` either way.
+pub fn cancel(order_id: Uuid, existing: Option<&Shipment>) -> Cancel {
+    let event = Event::FulfillmentCancelled(FulfillmentCancelled { order_id });
+    let cancelled = |shipment_id, carrier| Cancel::Cancel {
+        shipment: Shipment {
+            order_id,
+            status: ShipmentStatus::Cancelled {
+                shipment_id,
+                carrier,
+            },
+        },
+        event: event.clone(),
+    };
+    match existing.map(|shipment| &shipment.status) {
+        None => cancelled(None, None),
+        Some(ShipmentStatus::Scheduled {
+            shipment_id,
+            carrier,
+        }) => cancelled(Some(*shipment_id), Some(carrier.clone())),
+        Some(ShipmentStatus::Failed { .. }) => Cancel::Confirm(event),
+        Some(ShipmentStatus::Cancelled { .. }) => Cancel::AlreadyCancelled,
     }
 }
 
@@ -261,5 +309,49 @@ mod tests {
             Some(failed("cannot ship to AQ")),
             Decision::AlreadyDecided,
         );
+    }
+
+    #[test]
+    fn a_cancel_before_payment_means_the_order_is_never_shipped() {
+        let Cancel::Cancel { shipment, event } = cancel(ORDER, None) else {
+            panic!("expected a cancelled record");
+        };
+        assert_eq!(shipment.status.as_str(), "cancelled");
+        assert_eq!(event.event_type(), "fulfillment.cancelled");
+        let late = ship(ORDER, &destination("NL"), Some(&shipment), SHIPMENT);
+        assert_eq!(late, Decision::AlreadyDecided);
+    }
+
+    #[test]
+    fn a_cancel_after_booking_cancels_the_shipment_and_keeps_its_id() {
+        let booked = Shipment {
+            order_id: ORDER,
+            status: ShipmentStatus::Scheduled {
+                shipment_id: SHIPMENT,
+                carrier: "PostNL".into(),
+            },
+        };
+        let Cancel::Cancel { shipment, .. } = cancel(ORDER, Some(&booked)) else {
+            panic!("expected the shipment cancelled");
+        };
+        assert_eq!(
+            shipment.status,
+            ShipmentStatus::Cancelled {
+                shipment_id: Some(SHIPMENT),
+                carrier: Some("PostNL".into())
+            }
+        );
+        assert_eq!(cancel(ORDER, Some(&shipment)), Cancel::AlreadyCancelled);
+    }
+
+    #[test]
+    fn a_cancel_of_a_failed_shipment_only_confirms() {
+        let failed = Shipment {
+            order_id: ORDER,
+            status: ShipmentStatus::Failed {
+                reason: "cannot ship to AQ".into(),
+            },
+        };
+        assert!(matches!(cancel(ORDER, Some(&failed)), Cancel::Confirm(_)));
     }
 }

@@ -40,6 +40,10 @@ impl From<Shipment> for ShipmentView {
                 carrier,
             } => (Some(shipment_id), Some(carrier), None),
             ShipmentStatus::Failed { reason } => (None, None, Some(reason)),
+            ShipmentStatus::Cancelled {
+                shipment_id,
+                carrier,
+            } => (shipment_id, carrier, None),
         };
         ShipmentView {
             order_id: shipment.order_id,

@@ -40,7 +40,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<Service<Reactions>> {
             subscriptions: vec![
                 Subscription {
                     stream: Context::Order,
-                    event_types: vec!["order.placed"],
+                    event_types: vec!["order.placed", "order.cancellation_requested"],
                 },
                 Subscription {
                     stream: Context::Payment,
@@ -48,6 +48,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<Service<Reactions>> {
                 },
             ],
             handler: Reactions {},
+            workers: Vec::new(),
         },
     )
     .await

@@ -27,6 +27,7 @@ impl Handler for Reactions {
         match &incoming.event {
             Event::OrderPlaced(placed) => order_placed(tx, placed).await,
             Event::PaymentAuthorized(authorized) => payment_authorized(tx, authorized).await,
+            Event::OrderCancellationRequested(request) => cancel(tx, request.order_id).await,
             _ => Ok(vec![]),
         }
     }
@@ -42,6 +43,38 @@ async fn order_placed(
     Ok(vec![])
 }
 
+/// The order's destination, locked: the row stands for the order, so reactions to one order
+/// take turns. Not known yet is worth a retry: `order.placed` travels on another stream (or
+/// behind other messages) and may simply be late.
+async fn locked_destination(
+    tx: &mut PgConnection,
+    order_id: Uuid,
+) -> Result<domain::Destination, HandlerError> {
+    store::load_destination_for_update(tx, order_id)
+        .await?
+        .ok_or_else(|| {
+            HandlerError::Transient(anyhow!(
+                "no destination for order {order_id} yet: order.placed has not arrived"
+            ))
+        })
+}
+
+/// Cancels the order's shipment, booked or not, and confirms to the order service.
+#[tracing::instrument(skip_all, fields(order_id = %order_id))]
+async fn cancel(tx: &mut PgConnection, order_id: Uuid) -> Result<Vec<Event>, HandlerError> {
+    locked_destination(tx, order_id).await?;
+    let existing = store::load_shipment(tx, order_id).await?;
+    match domain::cancel(order_id, existing.as_ref()) {
+        domain::Cancel::Cancel { shipment, event } => {
+            store::save_shipment(tx, &shipment).await?;
+            tracing::info!("shipment cancelled");
+            Ok(vec![event])
+        }
+        domain::Cancel::Confirm(event) => Ok(vec![event]),
+        domain::Cancel::AlreadyCancelled => Ok(vec![]),
+    }
+}
+
 /// Books the paid order's shipment, or fails it when no carrier can take it.
 #[tracing::instrument(skip_all, fields(order_id = %authorized.order_id))]
 async fn payment_authorized(
@@ -49,18 +82,11 @@ async fn payment_authorized(
     authorized: &PaymentAuthorized,
 ) -> Result<Vec<Event>, HandlerError> {
     let order_id = authorized.order_id;
-    // `order.placed` travels on another stream and may simply be late: worth a retry.
-    let destination = store::load_destination_for_update(tx, order_id)
-        .await?
-        .ok_or_else(|| {
-            HandlerError::Transient(anyhow!(
-                "no destination for order {order_id} yet: order.placed has not arrived"
-            ))
-        })?;
+    let destination = locked_destination(tx, order_id).await?;
     let existing = store::load_shipment(tx, order_id).await?;
     match domain::ship(order_id, &destination, existing.as_ref(), Uuid::now_v7()) {
         Decision::Decided { shipment, events } => {
-            store::insert_shipment(tx, &shipment).await?;
+            store::save_shipment(tx, &shipment).await?;
             tracing::info!(status = shipment.status.as_str(), "shipment decided");
             Ok(events)
         }

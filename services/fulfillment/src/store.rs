@@ -39,21 +39,24 @@ pub async fn load_destination_for_update(
     Ok(row.map(|(country, address)| Destination { country, address }))
 }
 
-/// Records an order's shipment decision.
-pub async fn insert_shipment(
-    tx: &mut PgConnection,
-    shipment: &Shipment,
-) -> Result<(), sqlx::Error> {
+/// Records an order's shipment decision, or its cancellation.
+pub async fn save_shipment(tx: &mut PgConnection, shipment: &Shipment) -> Result<(), sqlx::Error> {
     let (shipment_id, carrier, reason) = match &shipment.status {
         ShipmentStatus::Scheduled {
             shipment_id,
             carrier,
         } => (Some(*shipment_id), Some(carrier.as_str()), None),
         ShipmentStatus::Failed { reason } => (None, None, Some(reason.as_str())),
+        ShipmentStatus::Cancelled {
+            shipment_id,
+            carrier,
+        } => (*shipment_id, carrier.as_deref(), None),
     };
     sqlx::query(
         "INSERT INTO shipments (order_id, status, shipment_id, carrier, reason) \
-         VALUES ($1, $2, $3, $4, $5)",
+         VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (order_id) DO UPDATE SET status = EXCLUDED.status, \
+         shipment_id = EXCLUDED.shipment_id, carrier = EXCLUDED.carrier, reason = EXCLUDED.reason",
     )
     .bind(shipment.order_id)
     .bind(shipment.status.as_str())
@@ -116,6 +119,10 @@ impl TryFrom<ShipmentRow> for Shipment {
                 carrier,
             },
             ("failed", _, _, Some(reason)) => ShipmentStatus::Failed { reason },
+            ("cancelled", shipment_id, carrier, _) => ShipmentStatus::Cancelled {
+                shipment_id,
+                carrier,
+            },
             // The table's checks rule this out; say so rather than guess.
             (status, ..) => {
                 return Err(sqlx::Error::Decode(

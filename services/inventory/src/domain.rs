@@ -138,6 +138,21 @@ pub fn release(reservation: &Reservation) -> Option<(Reservation, Event)> {
     Some((released, event))
 }
 
+/// The order service asked to cancel: give back whatever is held and confirm with
+/// `inventory.released` — with no lines when nothing was held (not reserved yet, rejected,
+/// or released already) — so the order knows inventory holds nothing for it. Returns the
+/// released reservation, if one was held, and the confirmation.
+pub fn cancel(order_id: Uuid, reservation: Option<&Reservation>) -> (Option<Reservation>, Event) {
+    if let Some((released, event)) = reservation.and_then(release) {
+        return (Some(released), event);
+    }
+    let confirmation = Event::InventoryReleased(InventoryReleased {
+        order_id,
+        items: Vec::new(),
+    });
+    (None, confirmation)
+}
+
 /// The order completed: the held units are deducted from stock, once.
 pub fn commit(reservation: &Reservation) -> Option<Reservation> {
     (reservation.status == ReservationStatus::Reserved).then(|| Reservation {
@@ -232,6 +247,39 @@ mod tests {
     fn nothing_is_released_for_a_rejected_or_completed_order() {
         assert_eq!(release(&reservation(ReservationStatus::Rejected)), None);
         assert_eq!(release(&reservation(ReservationStatus::Committed)), None);
+    }
+
+    #[test]
+    fn a_cancel_releases_what_is_held() {
+        let held = reservation(ReservationStatus::Reserved);
+        let (released, event) = cancel(Uuid::nil(), Some(&held));
+        assert_eq!(released.unwrap().status, ReservationStatus::Released);
+        assert_eq!(
+            event,
+            Event::InventoryReleased(InventoryReleased {
+                order_id: Uuid::nil(),
+                items: vec![line("MUG", 2)],
+            })
+        );
+    }
+
+    #[test]
+    fn a_cancel_before_anything_is_held_confirms_with_no_lines() {
+        for before in [
+            None,
+            Some(reservation(ReservationStatus::Rejected)),
+            Some(reservation(ReservationStatus::Released)),
+        ] {
+            let (released, event) = cancel(Uuid::nil(), before.as_ref());
+            assert_eq!(released, None);
+            assert_eq!(
+                event,
+                Event::InventoryReleased(InventoryReleased {
+                    order_id: Uuid::nil(),
+                    items: vec![],
+                })
+            );
+        }
     }
 
     #[test]

@@ -33,7 +33,11 @@ pub async fn build(settings: Settings) -> anyhow::Result<Service<reactions::Reac
         subscriptions: vec![
             Subscription {
                 stream: Context::Order,
-                event_types: vec!["order.placed", "order.completed"],
+                event_types: vec![
+                    "order.placed",
+                    "order.completed",
+                    "order.cancellation_requested",
+                ],
             },
             Subscription {
                 stream: Context::Payment,
@@ -45,6 +49,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<Service<reactions::Reac
             },
         ],
         handler: reactions::Reactions,
+        workers: Vec::new(),
     };
     Service::build(platform, domain).await
 }

@@ -19,6 +19,9 @@ impl Handler for Reactions {
         tx: &mut PgConnection,
         incoming: &Incoming,
     ) -> Result<Vec<Event>, HandlerError> {
+        if let Some(order_id) = incoming.event.order_id() {
+            store::lock_order(tx, order_id).await?;
+        }
         match &incoming.event {
             Event::OrderPlaced(placed) => {
                 let lines = domain::merge_lines(
@@ -32,6 +35,7 @@ impl Handler for Reactions {
             Event::PaymentDeclined(declined) => release(tx, declined.order_id).await,
             Event::FulfillmentFailed(failed) => release(tx, failed.order_id).await,
             Event::OrderCompleted(completed) => commit(tx, completed.order_id).await,
+            Event::OrderCancellationRequested(request) => cancel(tx, request.order_id).await,
             _ => Ok(vec![]),
         }
     }
@@ -45,6 +49,11 @@ async fn reserve(
 ) -> Result<Vec<Event>, HandlerError> {
     if store::reservation_for_update(tx, order_id).await?.is_some() {
         // The same order placed again under a new event id: decided already.
+        return Ok(vec![]);
+    }
+    if store::is_cancelled(tx, order_id).await? {
+        // The cancellation overtook the order: never hold stock for it.
+        tracing::info!("order cancelled before it was reserved; not reserving");
         return Ok(vec![]);
     }
     let skus: Vec<String> = lines.iter().map(|line| line.sku.clone()).collect();
@@ -80,6 +89,22 @@ async fn release(tx: &mut PgConnection, order_id: Uuid) -> Result<Vec<Event>, Ha
     store::save_reservation(tx, &released).await?;
     tracing::info!("released");
     Ok(vec![event])
+}
+
+#[tracing::instrument(skip_all, fields(order_id = %order_id))]
+async fn cancel(tx: &mut PgConnection, order_id: Uuid) -> Result<Vec<Event>, HandlerError> {
+    if !store::remember_cancellation(tx, order_id).await? {
+        return Ok(vec![]);
+    }
+    let reservation = store::reservation_for_update(tx, order_id).await?;
+    let (released, confirmation) = domain::cancel(order_id, reservation.as_ref());
+    if let Some(released) = released {
+        store::lock_available(tx, &skus(&released.items)).await?;
+        store::give_back(tx, &released.items).await?;
+        store::save_reservation(tx, &released).await?;
+        tracing::info!("released on cancellation");
+    }
+    Ok(vec![confirmation])
 }
 
 #[tracing::instrument(skip_all, fields(order_id = %order_id))]

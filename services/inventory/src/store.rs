@@ -176,3 +176,33 @@ pub async fn save_reservation(
     .await?;
     Ok(())
 }
+
+/// Remembers that the order is cancelled; false when it was already.
+pub async fn remember_cancellation(
+    tx: &mut PgConnection,
+    order_id: Uuid,
+) -> Result<bool, sqlx::Error> {
+    let inserted =
+        sqlx::query("INSERT INTO cancellations (order_id) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(order_id)
+            .execute(tx)
+            .await?;
+    Ok(inserted.rows_affected() == 1)
+}
+
+pub async fn is_cancelled(tx: &mut PgConnection, order_id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM cancellations WHERE order_id = $1)")
+        .bind(order_id)
+        .fetch_one(tx)
+        .await
+}
+
+/// Serialises everything this service does for one order, including before any row of the
+/// order exists (a cancellation racing the reservation it must undo).
+pub async fn lock_order(tx: &mut PgConnection, order_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))")
+        .bind(order_id)
+        .execute(tx)
+        .await?;
+    Ok(())
+}

@@ -53,6 +53,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<Service<Reactions>> {
                 },
             ],
             handler: Reactions {},
+            workers: Vec::new(),
         },
     )
     .await

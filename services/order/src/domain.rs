@@ -68,6 +68,8 @@ pub enum Reason {
     OutOfStock,
     PaymentDeclined,
     FulfillmentFailed,
+    CustomerRequest,
+    DeadlineExceeded,
 }
 
 impl Reason {
@@ -76,6 +78,8 @@ impl Reason {
             Reason::OutOfStock => "out_of_stock",
             Reason::PaymentDeclined => "payment_declined",
             Reason::FulfillmentFailed => "fulfillment_failed",
+            Reason::CustomerRequest => "customer_request",
+            Reason::DeadlineExceeded => "deadline_exceeded",
         }
     }
 
@@ -84,9 +88,27 @@ impl Reason {
             Reason::OutOfStock,
             Reason::PaymentDeclined,
             Reason::FulfillmentFailed,
+            Reason::CustomerRequest,
+            Reason::DeadlineExceeded,
         ]
         .into_iter()
         .find(|reason| reason.as_str() == text)
+    }
+}
+
+/// Why the order service itself stops a saga: both go through the same compensation path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancellation {
+    CustomerRequest,
+    DeadlineExceeded,
+}
+
+impl Cancellation {
+    fn reason(self) -> Reason {
+        match self {
+            Cancellation::CustomerRequest => Reason::CustomerRequest,
+            Cancellation::DeadlineExceeded => Reason::DeadlineExceeded,
+        }
     }
 }
 
@@ -97,6 +119,7 @@ pub struct Saga {
     pub reason: Option<Reason>,
     pub inventory_released: bool,
     pub payment_refunded: bool,
+    pub fulfillment_cancelled: bool,
 }
 
 impl Saga {
@@ -107,6 +130,7 @@ impl Saga {
             reason: None,
             inventory_released: false,
             payment_refunded: false,
+            fulfillment_cancelled: false,
         }
     }
 }
@@ -122,22 +146,52 @@ pub enum Fact {
     PaymentRefunded,
     FulfillmentScheduled,
     FulfillmentFailed,
+    FulfillmentCancelled,
 }
 
-/// A terminal outcome the order service announces.
+/// What the order service announces: a terminal outcome, or the request to undo.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Completed,
     /// Rejected for lack of stock, the only reason an order is rejected.
     Rejected,
     Cancelled(Reason),
+    /// Every participant must undo what it did and not do its step later.
+    CancellationRequested(Reason),
 }
 
-/// The saga after a fact, and the outcome to announce if the fact ended it.
+/// The saga after a fact or a command, and what to announce, if anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Step {
     pub saga: Saga,
     pub outcome: Option<Outcome>,
+}
+
+/// Why an order cannot be cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlreadyFinished(pub Status);
+
+/// A customer's cancel or the deadline. Allowed until the order is terminal; an order that
+/// is already being undone stays on its path (the request is answered, nothing new starts).
+pub fn cancel(saga: Saga, cancellation: Cancellation) -> Result<Step, AlreadyFinished> {
+    if saga.status.is_terminal() {
+        return Err(AlreadyFinished(saga.status));
+    }
+    if saga.status == Status::Cancelling {
+        return Ok(Step {
+            saga,
+            outcome: None,
+        });
+    }
+    let reason = cancellation.reason();
+    Ok(Step {
+        saga: Saga {
+            status: Status::Cancelling,
+            reason: Some(reason),
+            ..saga
+        },
+        outcome: Some(Outcome::CancellationRequested(reason)),
+    })
 }
 
 /// How one fact moves the saga. A terminal saga only records compensations; a fact that
@@ -147,6 +201,7 @@ pub fn react(saga: Saga, fact: Fact) -> Step {
     match fact {
         Fact::InventoryReleased => next.inventory_released = true,
         Fact::PaymentRefunded => next.payment_refunded = true,
+        Fact::FulfillmentCancelled => next.fulfillment_cancelled = true,
         _ if saga.status.is_terminal() || saga.status == Status::Cancelling => {}
         Fact::InventoryReserved => next.status = later(saga.status, Status::Reserved),
         Fact::PaymentAuthorized => next.status = later(saga.status, Status::Paid),
@@ -193,12 +248,17 @@ fn later(current: Status, candidate: Status) -> Status {
 
 /// A cancelling saga is cancelled once the compensations its failure needs are confirmed:
 /// a declined payment leaves a reservation to release; a failed shipment leaves a
-/// reservation to release and a payment to refund.
+/// reservation to release and a payment to refund. A cancellation the order service
+/// requested may have reached any step, so every participant confirms it has undone its own
+/// (a release of nothing, a refund of nothing, a cancelled or never-made shipment).
 fn finish_cancelling(saga: Saga) -> Step {
     let done = match (saga.status, saga.reason) {
         (Status::Cancelling, Some(Reason::PaymentDeclined)) => saga.inventory_released,
         (Status::Cancelling, Some(Reason::FulfillmentFailed)) => {
             saga.inventory_released && saga.payment_refunded
+        }
+        (Status::Cancelling, Some(Reason::CustomerRequest | Reason::DeadlineExceeded)) => {
+            saga.inventory_released && saga.payment_refunded && saga.fulfillment_cancelled
         }
         _ => false,
     };
@@ -496,6 +556,79 @@ mod tests {
             Status::Cancelling,
             None,
         );
+    }
+
+    fn cancelled_by(given: &[Fact], cancellation: Cancellation) -> Saga {
+        let saga = given
+            .iter()
+            .fold(Saga::placed(), |saga, fact| react(saga, *fact).saga);
+        cancel(saga, cancellation).expect("cancellable").saga
+    }
+
+    #[test]
+    fn a_customer_cancel_asks_every_participant_to_undo() {
+        let step = cancel(Saga::placed(), Cancellation::CustomerRequest).unwrap();
+        assert_eq!(step.saga.status, Status::Cancelling);
+        assert_eq!(
+            step.outcome,
+            Some(Outcome::CancellationRequested(Reason::CustomerRequest))
+        );
+    }
+
+    #[test]
+    fn a_cancelled_order_waits_for_all_three_confirmations() {
+        let saga = cancelled_by(&[InventoryReserved], Cancellation::DeadlineExceeded);
+        let saga = react(saga, InventoryReleased).saga;
+        let saga = react(saga, PaymentRefunded).saga;
+        assert_eq!(saga.status, Status::Cancelling);
+        let step = react(saga, FulfillmentCancelled);
+        assert_eq!(step.saga.status, Status::Cancelled);
+        assert_eq!(
+            step.outcome,
+            Some(Outcome::Cancelled(Reason::DeadlineExceeded))
+        );
+    }
+
+    #[test]
+    fn late_steps_after_a_cancel_neither_complete_nor_change_the_reason() {
+        let saga = cancelled_by(&[InventoryReserved], Cancellation::CustomerRequest);
+        for fact in [
+            PaymentAuthorized,
+            FulfillmentScheduled,
+            PaymentDeclined,
+            FulfillmentFailed,
+        ] {
+            let step = react(saga, fact);
+            assert_eq!(step.saga.status, Status::Cancelling, "{fact:?}");
+            assert_eq!(step.saga.reason, Some(Reason::CustomerRequest), "{fact:?}");
+            assert_eq!(step.outcome, None, "{fact:?}");
+        }
+    }
+
+    #[test]
+    fn a_terminal_order_cannot_be_cancelled() {
+        let completed = react(Saga::placed(), FulfillmentScheduled).saga;
+        assert_eq!(
+            cancel(completed, Cancellation::CustomerRequest),
+            Err(AlreadyFinished(Status::Completed))
+        );
+        let rejected = react(Saga::placed(), InventoryRejected).saga;
+        assert!(cancel(rejected, Cancellation::DeadlineExceeded).is_err());
+    }
+
+    #[test]
+    fn cancelling_twice_requests_once() {
+        let saga = cancelled_by(&[], Cancellation::CustomerRequest);
+        let again = cancel(saga, Cancellation::CustomerRequest).unwrap();
+        assert_eq!(again.outcome, None);
+        let declined = react(
+            react(Saga::placed(), InventoryReserved).saga,
+            PaymentDeclined,
+        )
+        .saga;
+        let step = cancel(declined, Cancellation::CustomerRequest).unwrap();
+        assert_eq!(step.saga.reason, Some(Reason::PaymentDeclined));
+        assert_eq!(step.outcome, None);
     }
 
     fn request() -> OrderRequest {

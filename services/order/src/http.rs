@@ -1,6 +1,8 @@
 //! The order service's HTTP API: placing an order (answered `202` at once, the saga runs on
 //! events), reading it, and the catalogue read model it prices orders from.
 
+use std::time::Duration;
+
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -14,7 +16,8 @@ use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::domain::{self, Invalid, OrderRequest};
+use crate::cancellation::{self, CancelError};
+use crate::domain::{self, Cancellation, Invalid, OrderRequest};
 use crate::store::{self, CatalogueEntry, KeyClaim, OrderView};
 
 /// Longest `Idempotency-Key` accepted.
@@ -24,12 +27,15 @@ const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
 pub struct AppState {
     pub pool: PgPool,
     pub outbox: Outbox,
+    /// How long a new order has to reach a terminal state.
+    pub deadline: Duration,
 }
 
 pub fn routes(state: AppState) -> Router {
     Router::new()
         .route("/orders", post(place_order))
         .route("/orders/{order_id}", get(get_order))
+        .route("/orders/{order_id}/cancel", post(cancel_order))
         .route("/catalogue", get(list_catalogue))
         .route("/catalogue/{sku}", get(get_catalogue_entry))
         .with_state(state)
@@ -90,7 +96,7 @@ async fn place_order(
     let prices = store::prices(&mut tx, &skus).await?;
     let order = domain::price(&request, &prices)?;
 
-    store::insert_order(&mut tx, order_id, &order).await?;
+    store::insert_order(&mut tx, order_id, &order, state.deadline).await?;
     let event = Event::OrderPlaced(OrderPlaced {
         order_id,
         customer_id: order.customer_id.clone(),
@@ -159,6 +165,28 @@ async fn get_order(
         .await?
         .map(Json)
         .ok_or_else(not_found)
+}
+
+/// `202` while the order can still be undone (again `202` while it is being undone), `409`
+/// once it is terminal.
+#[tracing::instrument(skip_all, fields(order_id = %order_id))]
+async fn cancel_order(
+    State(state): State<AppState>,
+    Path(order_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = Uuid::parse_str(&order_id)
+        .map_err(|_| ApiError::NotFound(format!("no order with id {order_id:?}")))?;
+    let mut tx = state.pool.begin().await?;
+    let status = cancellation::cancel(&mut tx, &state.outbox, id, Cancellation::CustomerRequest)
+        .await
+        .map_err(|error| match error {
+            CancelError::NotFound(_) => ApiError::NotFound(error.to_string()),
+            CancelError::Finished(_) => ApiError::Conflict(error.to_string()),
+            CancelError::Database(error) => error.into(),
+            CancelError::Contract(message) => ApiError::Internal(anyhow::anyhow!(message)),
+        })?;
+    tx.commit().await?;
+    Ok(accepted(id, status.as_str()))
 }
 
 async fn list_catalogue(

@@ -1,14 +1,19 @@
 //! The order service: accepts orders over HTTP, starts their saga with `order.placed`, follows
-//! the participants' outcomes to a terminal state, and keeps its own catalogue read model.
+//! the participants' outcomes to a terminal state, cancels on request or at the saga
+//! deadline, and keeps its own catalogue read model.
 
+pub mod cancellation;
 pub mod domain;
 pub mod http;
 pub mod reactions;
 pub mod store;
 
+use std::time::Duration;
+
+use clap::Parser;
 use events::streams::Context;
 use runtime::consumer::Subscription;
-use runtime::service::{Domain, Platform, Service};
+use runtime::service::{Domain, Platform, Service, Worker};
 use runtime::settings::{Identity, Settings};
 use sqlx::migrate::Migrator;
 
@@ -19,12 +24,39 @@ pub const IDENTITY: Identity = Identity {
 
 static MIGRATIONS: Migrator = sqlx::migrate!();
 
+/// The order service's settings: the shared ones plus its saga deadline.
+#[derive(Debug, Clone, Parser)]
+#[command(about, version)]
+pub struct Config {
+    #[command(flatten)]
+    pub runtime: Settings,
+
+    /// An order not terminal this long after it was placed is cancelled with reason
+    /// `deadline_exceeded`.
+    #[arg(long, env = "ORDER_DEADLINE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub deadline: Duration,
+
+    /// How often the deadline timer looks for overdue orders.
+    #[arg(long, env = "ORDER_DEADLINE_SWEEP", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub deadline_sweep: Duration,
+}
+
 /// Connects, migrates and binds the order service, ready to run.
-pub async fn build(settings: Settings) -> anyhow::Result<Service<reactions::Reactions>> {
-    let platform = Platform::connect(IDENTITY, settings, &MIGRATIONS).await?;
+pub async fn build(config: Config) -> anyhow::Result<Service<reactions::Reactions>> {
+    let platform = Platform::connect(IDENTITY, config.runtime, &MIGRATIONS).await?;
     let routes = http::routes(http::AppState {
         pool: platform.pool.clone(),
         outbox: platform.outbox.clone(),
+        deadline: config.deadline,
+    });
+    let (pool, outbox) = (platform.pool.clone(), platform.outbox.clone());
+    let deadline_timer: Worker = Box::new(move |stop| {
+        Box::pin(cancellation::sweep_deadlines(
+            pool,
+            outbox,
+            config.deadline_sweep,
+            stop,
+        ))
     });
     let domain = Domain {
         routes,
@@ -45,10 +77,15 @@ pub async fn build(settings: Settings) -> anyhow::Result<Service<reactions::Reac
             },
             Subscription {
                 stream: Context::Fulfillment,
-                event_types: vec!["fulfillment.scheduled", "fulfillment.failed"],
+                event_types: vec![
+                    "fulfillment.scheduled",
+                    "fulfillment.failed",
+                    "fulfillment.cancelled",
+                ],
             },
         ],
         handler: reactions::Reactions,
+        workers: vec![deadline_timer],
     };
     Service::build(platform, domain).await
 }

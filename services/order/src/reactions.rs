@@ -3,7 +3,10 @@
 
 use chrono::Utc;
 use events::Event;
-use events::order::{CancelReason, OrderCancelled, OrderCompleted, OrderRejected, RejectReason};
+use events::order::{
+    CancelReason, OrderCancellationRequested, OrderCancelled, OrderCompleted, OrderRejected,
+    RejectReason,
+};
 use runtime::consumer::{Handler, HandlerError, Incoming};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -47,6 +50,7 @@ fn fact_of(event: &Event) -> Option<Fact> {
         Event::PaymentRefunded(_) => Fact::PaymentRefunded,
         Event::FulfillmentScheduled(_) => Fact::FulfillmentScheduled,
         Event::FulfillmentFailed(_) => Fact::FulfillmentFailed,
+        Event::FulfillmentCancelled(_) => Fact::FulfillmentCancelled,
         _ => return None,
     })
 }
@@ -85,7 +89,7 @@ async fn advance(
 }
 
 /// The public event announcing an outcome (conversion at the edge).
-fn announce(order_id: Uuid, outcome: Outcome) -> Result<Event, HandlerError> {
+pub(crate) fn announce(order_id: Uuid, outcome: Outcome) -> Result<Event, HandlerError> {
     Ok(match outcome {
         Outcome::Completed => Event::OrderCompleted(OrderCompleted { order_id }),
         Outcome::Rejected => Event::OrderRejected(OrderRejected {
@@ -94,15 +98,27 @@ fn announce(order_id: Uuid, outcome: Outcome) -> Result<Event, HandlerError> {
         }),
         Outcome::Cancelled(reason) => Event::OrderCancelled(OrderCancelled {
             order_id,
-            reason: match reason {
-                Reason::PaymentDeclined => CancelReason::PaymentDeclined,
-                Reason::FulfillmentFailed => CancelReason::FulfillmentFailed,
-                Reason::OutOfStock => {
-                    return Err(HandlerError::Permanent(
-                        "an order cannot be cancelled for being out of stock".into(),
-                    ));
-                }
-            },
+            reason: cancel_reason(reason)?,
         }),
+        Outcome::CancellationRequested(reason) => {
+            Event::OrderCancellationRequested(OrderCancellationRequested {
+                order_id,
+                reason: cancel_reason(reason)?,
+            })
+        }
+    })
+}
+
+fn cancel_reason(reason: Reason) -> Result<CancelReason, HandlerError> {
+    Ok(match reason {
+        Reason::PaymentDeclined => CancelReason::PaymentDeclined,
+        Reason::FulfillmentFailed => CancelReason::FulfillmentFailed,
+        Reason::CustomerRequest => CancelReason::CustomerRequest,
+        Reason::DeadlineExceeded => CancelReason::DeadlineExceeded,
+        Reason::OutOfStock => {
+            return Err(HandlerError::Permanent(
+                "an order cannot be cancelled for being out of stock".into(),
+            ));
+        }
     })
 }

@@ -2,6 +2,7 @@
 //! the catalogue read model.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use events::order::{OrderLine, Shipping};
@@ -17,10 +18,12 @@ pub async fn insert_order(
     tx: &mut PgConnection,
     order_id: Uuid,
     order: &NewOrder,
+    deadline: Duration,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO orders (order_id, customer_id, email, items, total_cents, payment_method, \
-         shipping, status) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+         shipping, status, deadline_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9))",
     )
     .bind(order_id)
     .bind(&order.customer_id)
@@ -33,6 +36,7 @@ pub async fn insert_order(
         address: order.address.clone(),
     }))
     .bind(Status::Pending.as_str())
+    .bind(deadline.as_secs_f64())
     .execute(tx)
     .await?;
     Ok(())
@@ -56,26 +60,29 @@ pub async fn saga_for_update(
     tx: &mut PgConnection,
     order_id: Uuid,
 ) -> Result<Option<Saga>, sqlx::Error> {
-    let row: Option<(String, Option<String>, bool, bool)> = sqlx::query_as(
-        "SELECT status, reason, inventory_released, payment_refunded FROM orders \
-         WHERE order_id = $1 FOR UPDATE",
+    let row: Option<(String, Option<String>, bool, bool, bool)> = sqlx::query_as(
+        "SELECT status, reason, inventory_released, payment_refunded, fulfillment_cancelled \
+         FROM orders WHERE order_id = $1 FOR UPDATE",
     )
     .bind(order_id)
     .fetch_optional(tx)
     .await?;
-    row.map(|(status, reason, inventory_released, payment_refunded)| {
-        let corrupt = |what: &str, value: &str| {
-            sqlx::Error::Decode(format!("unknown order {what} {value:?}").into())
-        };
-        Ok(Saga {
-            status: Status::parse(&status).ok_or_else(|| corrupt("status", &status))?,
-            reason: reason
-                .map(|reason| Reason::parse(&reason).ok_or_else(|| corrupt("reason", &reason)))
-                .transpose()?,
-            inventory_released,
-            payment_refunded,
-        })
-    })
+    row.map(
+        |(status, reason, inventory_released, payment_refunded, fulfillment_cancelled)| {
+            let corrupt = |what: &str, value: &str| {
+                sqlx::Error::Decode(format!("unknown order {what} {value:?}").into())
+            };
+            Ok(Saga {
+                status: Status::parse(&status).ok_or_else(|| corrupt("status", &status))?,
+                reason: reason
+                    .map(|reason| Reason::parse(&reason).ok_or_else(|| corrupt("reason", &reason)))
+                    .transpose()?,
+                inventory_released,
+                payment_refunded,
+                fulfillment_cancelled,
+            })
+        },
+    )
     .transpose()
 }
 
@@ -86,13 +93,15 @@ pub async fn save_saga(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE orders SET status = $2, reason = $3, inventory_released = $4, \
-         payment_refunded = $5, updated_at = now() WHERE order_id = $1",
+         payment_refunded = $5, fulfillment_cancelled = $6, updated_at = now() \
+         WHERE order_id = $1",
     )
     .bind(order_id)
     .bind(saga.status.as_str())
     .bind(saga.reason.map(Reason::as_str))
     .bind(saga.inventory_released)
     .bind(saga.payment_refunded)
+    .bind(saga.fulfillment_cancelled)
     .execute(tx)
     .await?;
     Ok(())
@@ -279,4 +288,16 @@ pub async fn prices(
             .fetch_all(tx)
             .await?;
     Ok(rows.into_iter().collect())
+}
+
+/// Open orders whose deadline has passed, locked (skipping those another replica holds).
+pub async fn overdue_orders(tx: &mut PgConnection, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT order_id FROM orders \
+         WHERE status IN ('pending', 'reserved', 'paid') AND deadline_at <= now() \
+         ORDER BY deadline_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(tx)
+    .await
 }

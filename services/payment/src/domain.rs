@@ -22,6 +22,8 @@ pub enum PaymentStatus {
     Declined { reason: String },
     /// Authorized, then given back in full.
     Refunded { authorization_id: String },
+    /// The order was cancelled before it was charged; it never will be.
+    Cancelled,
 }
 
 impl PaymentStatus {
@@ -32,6 +34,7 @@ impl PaymentStatus {
             PaymentStatus::Authorized { .. } => "authorized",
             PaymentStatus::Declined { .. } => "declined",
             PaymentStatus::Refunded { .. } => "refunded",
+            PaymentStatus::Cancelled => "cancelled",
         }
     }
 }
@@ -193,6 +196,52 @@ pub fn record_refund(payment: &Payment) -> Transition {
             order_id: payment.order_id,
             amount_cents: payment.amount_cents,
         })],
+    }
+}
+
+/// What `order.cancellation_requested` asks of the payment.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Cancel<'a> {
+    /// Give the authorized amount back, then confirm with the refund.
+    Refund {
+        authorization_id: &'a str,
+        amount_cents: i64,
+    },
+    /// Nothing is charged: record that nothing ever will be and confirm with a refund of 0.
+    Confirm(Transition),
+}
+
+/// The order service cancels the order: whatever was charged is refunded, and a payment
+/// not charged yet never will be. Either way the order gets a `payment.refunded` saying
+/// what was given back (0 when nothing had been charged), so it knows no money is held.
+pub fn cancel(payment: &Payment) -> Cancel<'_> {
+    let confirmation = |amount_cents| {
+        vec![Event::PaymentRefunded(PaymentRefunded {
+            order_id: payment.order_id,
+            amount_cents,
+        })]
+    };
+    match &payment.status {
+        PaymentStatus::Authorized { authorization_id } => Cancel::Refund {
+            authorization_id,
+            amount_cents: payment.amount_cents,
+        },
+        PaymentStatus::Pending => Cancel::Confirm(Transition {
+            payment: Payment {
+                status: PaymentStatus::Cancelled,
+                ..payment.clone()
+            },
+            events: confirmation(0),
+        }),
+        // Declined or already refunded: nothing is held; confirm so the order need not wait.
+        PaymentStatus::Declined { .. } | PaymentStatus::Refunded { .. } => {
+            Cancel::Confirm(Transition {
+                payment: payment.clone(),
+                events: confirmation(0),
+            })
+        }
+        // Already cancelled (a repeated request): confirmed before.
+        PaymentStatus::Cancelled => Cancel::Confirm(Transition::unchanged(payment)),
     }
 }
 
@@ -427,5 +476,52 @@ mod tests {
         for status in [PaymentStatus::Pending, authorized(), declined()] {
             assert_eq!(payment(status).refunded_cents(), 0);
         }
+    }
+
+    #[test]
+    fn a_cancel_before_the_charge_means_it_never_happens() {
+        let Cancel::Confirm(transition) = cancel(&payment(PaymentStatus::Pending)) else {
+            panic!("a pending payment has nothing to refund");
+        };
+        assert_eq!(transition.payment.status, PaymentStatus::Cancelled);
+        assert_eq!(
+            transition.events,
+            vec![Event::PaymentRefunded(PaymentRefunded {
+                order_id: ORDER,
+                amount_cents: 0
+            })]
+        );
+        assert_eq!(
+            charge_for_reservation(&transition.payment),
+            Charge::AlreadyDecided
+        );
+    }
+
+    #[test]
+    fn a_cancel_after_the_charge_refunds_it() {
+        assert_eq!(
+            cancel(&payment(authorized())),
+            Cancel::Refund {
+                authorization_id: "auth_1",
+                amount_cents: 2500
+            }
+        );
+    }
+
+    #[test]
+    fn a_cancel_of_a_declined_payment_only_confirms() {
+        let Cancel::Confirm(transition) = cancel(&payment(declined())) else {
+            panic!("nothing to refund");
+        };
+        assert_eq!(transition.payment.status, declined());
+        assert_eq!(transition.events.len(), 1);
+    }
+
+    #[test]
+    fn a_repeated_cancel_changes_nothing() {
+        let Cancel::Confirm(transition) = cancel(&payment(PaymentStatus::Cancelled)) else {
+            panic!("nothing to refund");
+        };
+        assert!(transition.events.is_empty());
     }
 }

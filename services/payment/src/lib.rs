@@ -42,7 +42,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<Service<Reactions>> {
             subscriptions: vec![
                 Subscription {
                     stream: Context::Order,
-                    event_types: vec!["order.placed"],
+                    event_types: vec!["order.placed", "order.cancellation_requested"],
                 },
                 Subscription {
                     stream: Context::Inventory,
@@ -56,6 +56,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<Service<Reactions>> {
             handler: Reactions {
                 gateway: Gateway::simulated(),
             },
+            workers: Vec::new(),
         },
     )
     .await

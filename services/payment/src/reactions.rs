@@ -32,6 +32,7 @@ impl Handler for Reactions {
                 self.inventory_reserved(tx, reserved.order_id).await
             }
             Event::FulfillmentFailed(failed) => self.fulfillment_failed(tx, failed.order_id).await,
+            Event::OrderCancellationRequested(request) => self.cancel(tx, request.order_id).await,
             _ => Ok(vec![]),
         }
     }
@@ -99,6 +100,33 @@ impl Reactions {
         let transition = domain::record_refund(&payment);
         store::save(tx, &transition.payment).await?;
         tracing::info!(amount_cents, "payment refunded");
+        Ok(transition.events)
+    }
+}
+
+impl Reactions {
+    /// Undoes the charge of a cancelled order, or makes sure it never happens.
+    #[tracing::instrument(skip_all, fields(order_id = %order_id))]
+    async fn cancel(
+        &self,
+        tx: &mut PgConnection,
+        order_id: Uuid,
+    ) -> Result<Vec<Event>, HandlerError> {
+        let payment = load(tx, order_id).await?;
+        let transition = match domain::cancel(&payment) {
+            domain::Cancel::Refund {
+                authorization_id,
+                amount_cents,
+            } => {
+                self.gateway.refund(authorization_id, amount_cents).await;
+                tracing::info!(amount_cents, "payment refunded on cancellation");
+                domain::record_refund(&payment)
+            }
+            domain::Cancel::Confirm(transition) => transition,
+        };
+        if transition.payment != payment {
+            store::save(tx, &transition.payment).await?;
+        }
         Ok(transition.events)
     }
 }

@@ -31,6 +31,7 @@ impl TryFrom<PaymentRow> for Payment {
             }
             ("declined", _, Some(reason)) => PaymentStatus::Declined { reason },
             ("refunded", Some(authorization_id), _) => PaymentStatus::Refunded { authorization_id },
+            ("cancelled", _, _) => PaymentStatus::Cancelled,
             // The table's checks rule this out; say so rather than guess.
             (status, _, _) => {
                 return Err(sqlx::Error::Decode(
@@ -123,7 +124,7 @@ async fn fetch<'e>(
 /// The authorization id and decline reason columns of a status.
 fn gateway_facts(status: &PaymentStatus) -> (Option<&str>, Option<&str>) {
     match status {
-        PaymentStatus::Pending => (None, None),
+        PaymentStatus::Pending | PaymentStatus::Cancelled => (None, None),
         PaymentStatus::Authorized { authorization_id }
         | PaymentStatus::Refunded { authorization_id } => (Some(authorization_id), None),
         PaymentStatus::Declined { reason } => (None, Some(reason)),

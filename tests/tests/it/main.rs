@@ -2,11 +2,13 @@
 //! and databases (see the `e2e` library), drives them over HTTP and NATS, and checks terminal
 //! states and the cross-service invariants. Run `cargo build --workspace --bins` first.
 
+mod cancellation;
 mod concurrency;
 mod crash;
 mod dead_letters;
 mod duplicates;
 mod harness;
 mod idempotency;
+mod outbox_relay;
 mod saga_paths;
 mod validation;

@@ -2,34 +2,22 @@
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use runtime::testing::{self, ScratchDatabase};
 use serde_json::{Value, json};
-use tower::ServiceExt;
 use uuid::Uuid;
 
-use crate::harness::{TestDatabase, deliver, order_placed, payment_authorized};
+use crate::harness::{deliver, order_placed, payment_authorized, scratch_database};
 
-async fn get(database: &TestDatabase, uri: &str) -> (StatusCode, Value) {
-    let response = fulfillment::http::routes(database.pool.clone())
-        .oneshot(
-            Request::get(uri)
-                .body(Body::empty())
-                .expect("a valid request"),
-        )
-        .await
-        .expect("routers never fail");
-    let status = response.status();
-    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .expect("failed to read the body");
-    (
-        status,
-        serde_json::from_slice(&body).expect("the body is not JSON"),
-    )
+async fn get(database: &ScratchDatabase, uri: &str) -> (StatusCode, Value) {
+    let request = Request::get(uri)
+        .body(Body::empty())
+        .expect("a valid request");
+    testing::call(fulfillment::http::routes(database.pool.clone()), request).await
 }
 
 #[tokio::test]
 async fn a_scheduled_shipment_shows_its_carrier_and_no_reason() {
-    let database = TestDatabase::create().await;
+    let database = scratch_database().await;
     let order_id = Uuid::now_v7();
     deliver(&database.pool, order_placed(order_id, "NL"))
         .await
@@ -50,7 +38,7 @@ async fn a_scheduled_shipment_shows_its_carrier_and_no_reason() {
 
 #[tokio::test]
 async fn a_failed_shipment_shows_its_reason_and_no_carrier() {
-    let database = TestDatabase::create().await;
+    let database = scratch_database().await;
     let order_id = Uuid::now_v7();
     deliver(&database.pool, order_placed(order_id, "AQ"))
         .await
@@ -76,7 +64,7 @@ async fn a_failed_shipment_shows_its_reason_and_no_carrier() {
 
 #[tokio::test]
 async fn an_order_not_yet_paid_has_no_shipment() {
-    let database = TestDatabase::create().await;
+    let database = scratch_database().await;
     let order_id = Uuid::now_v7();
     deliver(&database.pool, order_placed(order_id, "NL"))
         .await
@@ -92,7 +80,7 @@ async fn an_order_not_yet_paid_has_no_shipment() {
 
 #[tokio::test]
 async fn an_id_that_is_not_a_uuid_has_no_shipment_and_gets_a_json_error() {
-    let database = TestDatabase::create().await;
+    let database = scratch_database().await;
     assert_eq!(
         get(&database, "/shipments/abc").await,
         (

@@ -1,20 +1,21 @@
 //! The fulfillment reactions against a real database: each path, duplicates, a payment that
 //! arrives before its order, and concurrent deliveries for one order.
 
+use std::sync::Arc;
+
 use events::Event;
 use events::fulfillment::{FulfillmentFailed, FulfillmentScheduled};
 use fulfillment::domain::ShipmentStatus;
 use fulfillment::store;
 use runtime::consumer::HandlerError;
+use runtime::testing;
 use uuid::Uuid;
 
-use crate::harness::{
-    TestDatabase, deliver, deliver_concurrently, order_placed, payment_authorized,
-};
+use crate::harness::{deliver, order_placed, payment_authorized, reactions, scratch_database};
 
 #[tokio::test]
 async fn a_paid_order_is_scheduled_once_however_often_the_payment_arrives() {
-    let database = TestDatabase::create().await;
+    let database = scratch_database().await;
     let order_id = Uuid::now_v7();
     assert_eq!(
         deliver(&database.pool, order_placed(order_id, "NL"))
@@ -57,7 +58,7 @@ async fn a_paid_order_is_scheduled_once_however_often_the_payment_arrives() {
 
 #[tokio::test]
 async fn a_paid_order_to_antarctica_fails_once() {
-    let database = TestDatabase::create().await;
+    let database = scratch_database().await;
     let order_id = Uuid::now_v7();
     deliver(&database.pool, order_placed(order_id, "AQ"))
         .await
@@ -82,7 +83,7 @@ async fn a_paid_order_to_antarctica_fails_once() {
 
 #[tokio::test]
 async fn a_payment_before_the_order_is_known_is_retried_until_it_is() {
-    let database = TestDatabase::create().await;
+    let database = scratch_database().await;
     let order_id = Uuid::now_v7();
 
     let early = deliver(&database.pool, payment_authorized(order_id)).await;
@@ -105,7 +106,7 @@ async fn a_payment_before_the_order_is_known_is_retried_until_it_is() {
 
 #[tokio::test]
 async fn a_repeated_order_placed_keeps_the_first_destination() {
-    let database = TestDatabase::create().await;
+    let database = scratch_database().await;
     let order_id = Uuid::now_v7();
     deliver(&database.pool, order_placed(order_id, "NL"))
         .await
@@ -125,14 +126,15 @@ async fn a_repeated_order_placed_keeps_the_first_destination() {
 
 #[tokio::test]
 async fn concurrent_deliveries_of_a_payment_book_one_shipment() {
-    let database = TestDatabase::create().await;
+    let database = scratch_database().await;
     let order_id = Uuid::now_v7();
     deliver(&database.pool, order_placed(order_id, "NL"))
         .await
         .unwrap();
 
-    let outcomes = deliver_concurrently(
+    let outcomes = testing::deliver_concurrently(
         &database.pool,
+        Arc::new(reactions()),
         "SELECT 1 FROM destinations WHERE order_id = $1 FOR UPDATE",
         order_id,
         vec![payment_authorized(order_id), payment_authorized(order_id)],

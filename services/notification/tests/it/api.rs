@@ -2,34 +2,22 @@
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use runtime::testing::{self, ScratchDatabase};
 use serde_json::{Value, json};
-use tower::ServiceExt;
 use uuid::Uuid;
 
-use crate::harness::{TestDatabase, deliver, order_completed, order_placed};
+use crate::harness::{deliver, order_completed, order_placed, scratch_database};
 
-async fn get(database: &TestDatabase, uri: &str) -> (StatusCode, Value) {
-    let response = notification::http::routes(database.pool.clone())
-        .oneshot(
-            Request::get(uri)
-                .body(Body::empty())
-                .expect("a valid request"),
-        )
-        .await
-        .expect("routers never fail");
-    let status = response.status();
-    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .expect("failed to read the body");
-    (
-        status,
-        serde_json::from_slice(&body).expect("the body is not JSON"),
-    )
+async fn get(database: &ScratchDatabase, uri: &str) -> (StatusCode, Value) {
+    let request = Request::get(uri)
+        .body(Body::empty())
+        .expect("a valid request");
+    testing::call(notification::http::routes(database.pool.clone()), request).await
 }
 
 #[tokio::test]
 async fn an_orders_notifications_are_listed_oldest_first() {
-    let database = TestDatabase::create().await;
+    let database = scratch_database().await;
     let order_id = Uuid::now_v7();
     deliver(&database.pool, order_placed(order_id, "c1@example.com"))
         .await
@@ -64,7 +52,7 @@ async fn an_orders_notifications_are_listed_oldest_first() {
 
 #[tokio::test]
 async fn an_unknown_order_has_no_notifications() {
-    let database = TestDatabase::create().await;
+    let database = scratch_database().await;
     assert_eq!(
         get(
             &database,
@@ -77,7 +65,7 @@ async fn an_unknown_order_has_no_notifications() {
 
 #[tokio::test]
 async fn a_missing_or_malformed_order_id_is_a_json_error_naming_it() {
-    let database = TestDatabase::create().await;
+    let database = scratch_database().await;
     for uri in [
         "/notifications",
         "/notifications?order=1",

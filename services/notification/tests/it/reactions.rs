@@ -2,17 +2,20 @@
 //! however often its fact arrives, outcomes that arrive before the order, and concurrent
 //! deliveries for one order.
 
+use std::sync::Arc;
+
 use notification::domain::NotificationKind;
 use notification::store;
 use runtime::consumer::HandlerError;
+use runtime::testing::{self, ScratchDatabase};
 use uuid::Uuid;
 
 use crate::harness::{
-    TestDatabase, deliver, deliver_concurrently, fulfillment_scheduled, order_completed,
-    order_placed, order_rejected,
+    deliver, fulfillment_scheduled, order_completed, order_placed, order_rejected, reactions,
+    scratch_database,
 };
 
-async fn kinds(database: &TestDatabase, order_id: Uuid) -> Vec<NotificationKind> {
+async fn kinds(database: &ScratchDatabase, order_id: Uuid) -> Vec<NotificationKind> {
     store::list(&database.pool, order_id)
         .await
         .expect("failed to list notifications")
@@ -23,7 +26,7 @@ async fn kinds(database: &TestDatabase, order_id: Uuid) -> Vec<NotificationKind>
 
 #[tokio::test]
 async fn each_kind_is_sent_once_to_the_orders_contact() {
-    let database = TestDatabase::create().await;
+    let database = scratch_database().await;
     let order_id = Uuid::now_v7();
 
     for event in [
@@ -51,7 +54,7 @@ async fn each_kind_is_sent_once_to_the_orders_contact() {
 
 #[tokio::test]
 async fn an_outcome_before_the_order_is_known_is_retried_until_it_is() {
-    let database = TestDatabase::create().await;
+    let database = scratch_database().await;
     let order_id = Uuid::now_v7();
 
     let early = deliver(&database.pool, order_rejected(order_id)).await;
@@ -75,7 +78,7 @@ async fn an_outcome_before_the_order_is_known_is_retried_until_it_is() {
 
 #[tokio::test]
 async fn a_repeated_order_placed_keeps_the_first_contact() {
-    let database = TestDatabase::create().await;
+    let database = scratch_database().await;
     let order_id = Uuid::now_v7();
     deliver(&database.pool, order_placed(order_id, "first@example.com"))
         .await
@@ -97,14 +100,15 @@ async fn a_repeated_order_placed_keeps_the_first_contact() {
 
 #[tokio::test]
 async fn concurrent_deliveries_of_an_outcome_notify_once() {
-    let database = TestDatabase::create().await;
+    let database = scratch_database().await;
     let order_id = Uuid::now_v7();
     deliver(&database.pool, order_placed(order_id, "c1@example.com"))
         .await
         .unwrap();
 
-    let outcomes = deliver_concurrently(
+    let outcomes = testing::deliver_concurrently(
         &database.pool,
+        Arc::new(reactions()),
         "SELECT 1 FROM contacts WHERE order_id = $1 FOR UPDATE",
         order_id,
         vec![order_completed(order_id), order_completed(order_id)],

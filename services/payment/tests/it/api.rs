@@ -2,34 +2,24 @@
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use runtime::testing::{self, ScratchDatabase};
 use serde_json::{Value, json};
-use tower::ServiceExt;
 use uuid::Uuid;
 
-use crate::harness::{TestDatabase, deliver, fulfillment_failed, inventory_reserved, order_placed};
+use crate::harness::{
+    deliver, fulfillment_failed, inventory_reserved, order_placed, scratch_database,
+};
 
-async fn get(database: &TestDatabase, uri: &str) -> (StatusCode, Value) {
-    let response = payment::http::routes(database.pool.clone())
-        .oneshot(
-            Request::get(uri)
-                .body(Body::empty())
-                .expect("a valid request"),
-        )
-        .await
-        .expect("routers never fail");
-    let status = response.status();
-    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .expect("failed to read the body");
-    (
-        status,
-        serde_json::from_slice(&body).expect("the body is not JSON"),
-    )
+async fn get(database: &ScratchDatabase, uri: &str) -> (StatusCode, Value) {
+    let request = Request::get(uri)
+        .body(Body::empty())
+        .expect("a valid request");
+    testing::call(payment::http::routes(database.pool.clone()), request).await
 }
 
 #[tokio::test]
 async fn a_payment_shows_its_status_and_amounts() {
-    let database = TestDatabase::create().await;
+    let database = scratch_database().await;
     let order_id = Uuid::now_v7();
     deliver(&database.pool, order_placed(order_id, "tok_ok", 2500))
         .await
@@ -59,7 +49,7 @@ async fn a_payment_shows_its_status_and_amounts() {
 
 #[tokio::test]
 async fn an_unknown_order_has_no_payment() {
-    let database = TestDatabase::create().await;
+    let database = scratch_database().await;
     let order_id = Uuid::now_v7();
     assert_eq!(
         get(&database, &format!("/payments/{order_id}")).await,
@@ -72,7 +62,7 @@ async fn an_unknown_order_has_no_payment() {
 
 #[tokio::test]
 async fn an_id_that_is_not_a_uuid_has_no_payment_and_gets_a_json_error() {
-    let database = TestDatabase::create().await;
+    let database = scratch_database().await;
     assert_eq!(
         get(&database, "/payments/nope").await,
         (

@@ -1,21 +1,23 @@
 //! The payment reactions against a real database: each path, duplicates, facts that arrive
 //! early, and concurrent deliveries for one order.
 
+use std::sync::Arc;
+
 use events::Event;
 use events::payment::{PaymentAuthorized, PaymentDeclined, PaymentRefunded};
 use payment::domain::PaymentStatus;
 use payment::store;
 use runtime::consumer::HandlerError;
+use runtime::testing;
 use uuid::Uuid;
 
 use crate::harness::{
-    TestDatabase, deliver, deliver_concurrently, fulfillment_failed, inventory_reserved,
-    order_placed,
+    deliver, fulfillment_failed, inventory_reserved, order_placed, reactions, scratch_database,
 };
 
 #[tokio::test]
 async fn reserved_stock_charges_the_order_once_however_often_it_arrives() {
-    let database = TestDatabase::create().await;
+    let database = scratch_database().await;
     let order_id = Uuid::now_v7();
     assert!(
         deliver(&database.pool, order_placed(order_id, "tok_ok", 2500))
@@ -49,7 +51,7 @@ async fn reserved_stock_charges_the_order_once_however_often_it_arrives() {
 
 #[tokio::test]
 async fn a_declined_card_is_recorded_and_published_once() {
-    let database = TestDatabase::create().await;
+    let database = scratch_database().await;
     let order_id = Uuid::now_v7();
     deliver(&database.pool, order_placed(order_id, "tok_decline", 2500))
         .await
@@ -84,7 +86,7 @@ async fn a_declined_card_is_recorded_and_published_once() {
 
 #[tokio::test]
 async fn reserved_stock_before_the_order_is_known_is_retried_until_it_is() {
-    let database = TestDatabase::create().await;
+    let database = scratch_database().await;
     let order_id = Uuid::now_v7();
 
     let early = deliver(&database.pool, inventory_reserved(order_id)).await;
@@ -107,7 +109,7 @@ async fn reserved_stock_before_the_order_is_known_is_retried_until_it_is() {
 
 #[tokio::test]
 async fn a_failed_fulfillment_refunds_the_authorized_amount_once() {
-    let database = TestDatabase::create().await;
+    let database = scratch_database().await;
     let order_id = Uuid::now_v7();
     deliver(&database.pool, order_placed(order_id, "tok_ok", 2500))
         .await
@@ -145,7 +147,7 @@ async fn a_failed_fulfillment_refunds_the_authorized_amount_once() {
 
 #[tokio::test]
 async fn a_failed_fulfillment_before_the_order_is_known_is_retried_until_it_is() {
-    let database = TestDatabase::create().await;
+    let database = scratch_database().await;
     let early = deliver(&database.pool, fulfillment_failed(Uuid::now_v7())).await;
     assert!(
         matches!(early, Err(HandlerError::Transient(_))),
@@ -155,7 +157,7 @@ async fn a_failed_fulfillment_before_the_order_is_known_is_retried_until_it_is()
 
 #[tokio::test]
 async fn a_failed_fulfillment_of_a_declined_payment_refunds_nothing() {
-    let database = TestDatabase::create().await;
+    let database = scratch_database().await;
     let order_id = Uuid::now_v7();
     deliver(&database.pool, order_placed(order_id, "tok_decline", 2500))
         .await
@@ -178,7 +180,7 @@ async fn a_failed_fulfillment_of_a_declined_payment_refunds_nothing() {
 
 #[tokio::test]
 async fn a_repeated_order_placed_keeps_the_first_payment() {
-    let database = TestDatabase::create().await;
+    let database = scratch_database().await;
     let order_id = Uuid::now_v7();
     deliver(&database.pool, order_placed(order_id, "tok_ok", 2500))
         .await
@@ -197,7 +199,7 @@ async fn a_repeated_order_placed_keeps_the_first_payment() {
 
 #[tokio::test]
 async fn an_order_with_a_negative_total_is_never_retried() {
-    let database = TestDatabase::create().await;
+    let database = scratch_database().await;
     let placed = deliver(&database.pool, order_placed(Uuid::now_v7(), "tok_ok", -2)).await;
     assert!(
         matches!(placed, Err(HandlerError::Permanent(_))),
@@ -207,14 +209,15 @@ async fn an_order_with_a_negative_total_is_never_retried() {
 
 #[tokio::test]
 async fn concurrent_deliveries_of_reserved_stock_charge_once() {
-    let database = TestDatabase::create().await;
+    let database = scratch_database().await;
     let order_id = Uuid::now_v7();
     deliver(&database.pool, order_placed(order_id, "tok_ok", 2500))
         .await
         .unwrap();
 
-    let outcomes = deliver_concurrently(
+    let outcomes = testing::deliver_concurrently(
         &database.pool,
+        Arc::new(reactions()),
         "SELECT 1 FROM payments WHERE order_id = $1 FOR UPDATE",
         order_id,
         vec![inventory_reserved(order_id), inventory_reserved(order_id)],

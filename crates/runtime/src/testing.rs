@@ -1,0 +1,177 @@
+//! Test support for the services' integration tests, not used at run time (compiled only with
+//! the `testing` feature): a scratch database per test, a way to hand events to a service's
+//! [`Handler`] as the consumer would, one at a time or overlapping, and a way to call its
+//! router and read the JSON answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use chrono::Utc;
+use events::Event;
+use events::envelope::{Envelope, Metadata};
+use serde_json::Value;
+use sqlx::migrate::Migrator;
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
+use tower::ServiceExt;
+use uuid::Uuid;
+
+use crate::consumer::{Handler, HandlerError, Incoming};
+
+/// The server scratch databases are created on: `TEST_POSTGRES_URL`, else the local
+/// trust-auth server.
+fn server_url() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+/// A database of one test's own, with the runtime's tables and the service's, dropped when
+/// the test ends, pass or fail.
+pub struct ScratchDatabase {
+    pub pool: PgPool,
+    name: String,
+}
+
+impl ScratchDatabase {
+    /// Creates `scratch_<service>_<uuid>` and applies the runtime's migrations and `migrations`.
+    pub async fn create(service: &str, migrations: &Migrator) -> ScratchDatabase {
+        let name = format!("scratch_{service}_{}", Uuid::now_v7().simple());
+        let url = format!("{}/{name}", server_url());
+        let pool = crate::database::connect_and_migrate(&url, 4, migrations)
+            .await
+            .expect("failed to create the scratch database");
+        ScratchDatabase { pool, name }
+    }
+
+    /// Where the database is, for a test that needs connections of its own.
+    pub fn url(&self) -> String {
+        format!("{}/{}", server_url(), self.name)
+    }
+}
+
+impl Drop for ScratchDatabase {
+    fn drop(&mut self) {
+        // Drop cannot await, and blocking inside the test's runtime would panic: use a thread
+        // with a runtime of its own. FORCE closes the pool's connections.
+        let statement = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let mut connection =
+                    PgConnection::connect(&format!("{}/postgres", server_url())).await?;
+                sqlx::query(AssertSqlSafe(statement))
+                    .execute(&mut connection)
+                    .await?;
+                anyhow::Ok(())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("failed to drop scratch database {}", self.name);
+        }
+    }
+}
+
+/// Hands `event` to `handler` in a transaction, committed if the handler succeeds, as the
+/// consumer does. Every delivery has a new event id, as a duplicate published twice would.
+pub async fn deliver<H: Handler>(
+    pool: &PgPool,
+    handler: &H,
+    event: Event,
+) -> Result<Vec<Event>, HandlerError> {
+    let incoming = Incoming {
+        envelope: Envelope::wrap(
+            &event,
+            Metadata {
+                id: Uuid::now_v7(),
+                source: "/tests".to_owned(),
+                time: Utc::now(),
+                correlationid: event.key(),
+                causationid: None,
+            },
+        ),
+        subject: event.subject(),
+        event,
+        delivery: 1,
+    };
+    let mut tx = pool.begin().await.expect("failed to begin");
+    let outcome = handler.handle(&mut tx, &incoming).await;
+    if outcome.is_ok() {
+        tx.commit().await.expect("failed to commit");
+    }
+    outcome
+}
+
+/// Delivers `events` to `handler` concurrently while the test holds the order's row lock
+/// (`lock`, a `SELECT ... FOR UPDATE` taking the order id), and lets go only once every
+/// delivery waits on a lock: however the handler is written, the deliveries then overlap.
+/// The outcomes come back in the order of `events`.
+pub async fn deliver_concurrently<H: Handler>(
+    pool: &PgPool,
+    handler: Arc<H>,
+    lock: &'static str,
+    order_id: Uuid,
+    events: Vec<Event>,
+) -> Vec<Result<Vec<Event>, HandlerError>> {
+    let mut holder = pool.begin().await.expect("failed to begin");
+    sqlx::query(lock)
+        .bind(order_id)
+        .execute(&mut *holder)
+        .await
+        .expect("failed to lock the order");
+    let expected = events.len() as i64;
+    let deliveries: Vec<_> = events
+        .into_iter()
+        .map(|event| {
+            let pool = pool.clone();
+            let handler = Arc::clone(&handler);
+            tokio::spawn(async move { deliver(&pool, handler.as_ref(), event).await })
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("failed to look at pg_stat_activity");
+        if waiting >= expected {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {waiting} of {expected} deliveries ever waited on a lock"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    holder
+        .rollback()
+        .await
+        .expect("failed to let go of the order");
+    let mut outcomes = Vec::new();
+    for delivery in deliveries {
+        outcomes.push(delivery.await.expect("a delivery panicked"));
+    }
+    outcomes
+}
+
+/// Hands `request` to `router`, as the server would, and reads the answer's JSON body.
+pub async fn call(router: Router, request: Request<Body>) -> (StatusCode, Value) {
+    let response = router.oneshot(request).await.expect("routers never fail");
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("failed to read the body");
+    (
+        status,
+        serde_json::from_slice(&body).expect("the body is not JSON"),
+    )
+}

@@ -1,0 +1,90 @@
+//! Stopping a saga from the order service's side: the customer's cancel and the saga
+//! deadline take the same path — mark the order `cancelling` and publish
+//! `order.cancellation_requested` in one transaction. The deadline is a durable timer: a
+//! column swept by every replica, so a restart loses nothing.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use runtime::outbox::{Cause, Outbox};
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::domain::{self, AlreadyFinished, Cancellation, Status};
+use crate::reactions::announce;
+use crate::store;
+
+/// How many overdue orders one sweep cancels per transaction.
+const SWEEP_BATCH: i64 = 100;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("no order with id {0}")]
+    NotFound(Uuid),
+    #[error("the order is already {}; it can no longer be cancelled", .0.as_str())]
+    Finished(Status),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error("{0}")]
+    Contract(String),
+}
+
+/// Cancels one order inside the caller's transaction; returns its status afterwards.
+pub async fn cancel(
+    tx: &mut PgConnection,
+    outbox: &Outbox,
+    order_id: Uuid,
+    cancellation: Cancellation,
+) -> Result<Status, CancelError> {
+    let saga = store::saga_for_update(tx, order_id)
+        .await?
+        .ok_or(CancelError::NotFound(order_id))?;
+    let step = domain::cancel(saga, cancellation)
+        .map_err(|AlreadyFinished(status)| CancelError::Finished(status))?;
+    if let Some(outcome) = step.outcome {
+        store::save_saga(tx, order_id, &step.saga).await?;
+        let event = announce(order_id, outcome)
+            .map_err(|error| CancelError::Contract(error.to_string()))?;
+        let cause = Cause {
+            correlationid: order_id.to_string(),
+            causationid: None,
+        };
+        outbox.enqueue(tx, &event, Some(&cause)).await?;
+        store::record_history(tx, order_id, event.event_type(), Utc::now()).await?;
+        tracing::info!(%order_id, ?cancellation, "cancellation requested");
+    }
+    Ok(step.saga.status)
+}
+
+/// The deadline timer: every `interval`, cancels the open orders whose deadline has passed.
+pub async fn sweep_deadlines(
+    pool: PgPool,
+    outbox: Outbox,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        if let Err(error) = sweep_once(&pool, &outbox).await {
+            tracing::warn!(error = %format!("{error:#}"), "deadline sweep failed; will retry");
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+async fn sweep_once(pool: &PgPool, outbox: &Outbox) -> Result<(), CancelError> {
+    loop {
+        let mut tx = pool.begin().await?;
+        let overdue = store::overdue_orders(&mut tx, SWEEP_BATCH).await?;
+        for order_id in &overdue {
+            cancel(&mut tx, outbox, *order_id, Cancellation::DeadlineExceeded).await?;
+        }
+        tx.commit().await?;
+        if (overdue.len() as i64) < SWEEP_BATCH {
+            return Ok(());
+        }
+    }
+}
