@@ -69,18 +69,76 @@ pub struct Injection {
 }
 
 impl System {
-    /// A client of this system's NATS server, connected once and shared.
+    /// A client of this system's NATS, connected once and shared. On a cluster it knows every
+    /// server, so it carries on when one of them is killed.
     pub async fn nats_client(&self) -> Result<async_nats::Client> {
-        let url = self.nats_url();
+        let urls = self.nats_urls();
         let client = self
             .nats_client
             .get_or_try_init(|| async {
-                async_nats::connect(&url)
+                async_nats::connect(urls.as_slice())
                     .await
-                    .with_context(|| format!("failed to connect to {url}"))
+                    .with_context(|| format!("failed to connect to {}", urls.join(",")))
             })
             .await?;
         Ok(client.clone())
+    }
+
+    /// Waits until every stream has a leader and every replica of it is current: on a
+    /// cluster, after a server came back, the point from which JetStream serves every stream
+    /// again.
+    pub async fn wait_streams_healthy(&self, timeout: Duration) -> Result<()> {
+        wait_for(
+            "every stream to have a leader and every replica current",
+            timeout,
+            || async {
+                let jetstream = self.jetstream().await?;
+                let names: Vec<String> = jetstream.stream_names().try_collect().await?;
+                let mut unhealthy = Vec::new();
+                for name in names {
+                    let info = jetstream.get_stream(&name).await?.info().await?.clone();
+                    let Some(cluster) = info.cluster else {
+                        continue;
+                    };
+                    let lagging: Vec<&str> = cluster
+                        .replicas
+                        .iter()
+                        .filter(|peer| !peer.current || peer.offline)
+                        .map(|peer| peer.name.as_str())
+                        .collect();
+                    if cluster.leader.is_none() || !lagging.is_empty() {
+                        unhealthy.push(format!(
+                            "{name}: leader {:?}, replicas not current {lagging:?}",
+                            cluster.leader
+                        ));
+                    }
+                }
+                Ok(if unhealthy.is_empty() {
+                    Check::Done(())
+                } else {
+                    Check::NotYet(unhealthy.join("; "))
+                })
+            },
+        )
+        .await
+    }
+
+    /// The name of the NATS server that leads a stream (`n1`, ...), on a cluster.
+    pub async fn stream_leader(&self, stream: &str) -> Result<String> {
+        let mut stream_handle = self
+            .jetstream()
+            .await?
+            .get_stream(stream)
+            .await
+            .with_context(|| format!("failed to look up stream {stream}"))?;
+        let info = stream_handle
+            .info()
+            .await
+            .with_context(|| format!("failed to read the info of stream {stream}"))?;
+        info.cluster
+            .as_ref()
+            .and_then(|cluster| cluster.leader.clone())
+            .with_context(|| format!("stream {stream} reports no cluster leader"))
     }
 
     /// A JetStream context on this system's NATS server.

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod databases;
+pub mod gateway;
 pub mod invariants;
 pub mod jetstream;
 pub mod logs;

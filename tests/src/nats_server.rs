@@ -1,5 +1,6 @@
-//! A private `nats-server` process with JetStream, on a free port and a temporary store,
-//! killed and its files removed when dropped.
+//! Private `nats-server` processes with JetStream, on free ports and temporary stores, killed
+//! and their files removed when dropped: one server ([`NatsServer`]) or a JetStream cluster of
+//! several, routed to each other ([`NatsCluster`]), whose servers can be killed and restarted.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -7,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use futures::TryStreamExt;
 use tempfile::TempDir;
 use tokio::time::Instant;
 
@@ -19,6 +21,10 @@ pub const MINIMUM_VERSION: (u32, u32) = (2, 10);
 
 /// How long a fresh server may take to accept a JetStream client.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a fresh cluster may take until every server has joined it (an R3 stream can be
+/// created).
+const CLUSTER_START_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// A running `nats-server -js` owned by the current test.
 #[derive(Debug)]
@@ -148,6 +154,251 @@ impl Drop for NatsServer {
     }
 }
 
+/// One server of a [`NatsCluster`]: its name, ports and store stay the same across restarts,
+/// so a restarted server rejoins as the same JetStream peer with the data it had.
+#[derive(Debug)]
+struct ClusterNode {
+    /// The server name (`-n`), which JetStream uses to tell peers apart.
+    name: String,
+    port: u16,
+    cluster_port: u16,
+    process: Option<Child>,
+}
+
+/// A JetStream cluster of `nats-server` processes on loopback: each with `-js`, the same
+/// `--cluster_name`, its own cluster port, routes to the others, its own store and log.
+#[derive(Debug)]
+pub struct NatsCluster {
+    binary: PathBuf,
+    cluster_name: String,
+    nodes: Vec<ClusterNode>,
+    directory: TempDir,
+}
+
+impl NatsCluster {
+    /// Starts `size` servers and returns once every one of them serves JetStream and the
+    /// cluster can place a stream with a replica on each.
+    pub async fn start(size: usize) -> Result<NatsCluster> {
+        anyhow::ensure!(size >= 1, "a cluster needs at least one server");
+        let binary = nats_server_binary()?;
+        let directory = tempfile::Builder::new()
+            .prefix("e2e-nats-cluster-")
+            .tempdir()
+            .context("failed to create a temporary directory for the nats cluster")?;
+        let mut nodes = Vec::with_capacity(size);
+        for index in 0..size {
+            nodes.push(ClusterNode {
+                name: format!("n{}", index + 1),
+                port: free_port()?,
+                cluster_port: free_port()?,
+                process: None,
+            });
+        }
+        let mut cluster = NatsCluster {
+            binary,
+            cluster_name: "e2e".to_owned(),
+            nodes,
+            directory,
+        };
+        for index in 0..size {
+            cluster.spawn(index)?;
+        }
+        for index in 0..size {
+            cluster.wait_until_serving(index).await?;
+        }
+        cluster.wait_until_formed().await?;
+        Ok(cluster)
+    }
+
+    fn spawn(&mut self, index: usize) -> Result<()> {
+        let node = &self.nodes[index];
+        let store = self.directory.path().join(&node.name);
+        let log_path = self.log_path(index);
+        let routes: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|other| other.name != node.name)
+            .map(|other| format!("nats://127.0.0.1:{}", other.cluster_port))
+            .collect();
+        let (stdout, stderr) =
+            logs::open_for_child(&log_path, &format!("nats-server {}", node.name))?;
+        let process = Command::new(&self.binary)
+            .args(["-js", "-a", "127.0.0.1", "-p", &node.port.to_string()])
+            .args(["-n", &node.name, "--cluster_name", &self.cluster_name])
+            .args([
+                "-cluster",
+                &format!("nats://127.0.0.1:{}", node.cluster_port),
+            ])
+            .args(["-routes", &routes.join(",")])
+            .arg("-sd")
+            .arg(&store)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("failed to start {}", self.binary.display()))?;
+        self.nodes[index].process = Some(process);
+        Ok(())
+    }
+
+    /// Waits until one server serves JetStream as a member of the cluster: it knows the
+    /// cluster's leader and can list the streams.
+    async fn wait_until_serving(&mut self, index: usize) -> Result<()> {
+        let deadline = Instant::now() + CLUSTER_START_TIMEOUT;
+        loop {
+            let url = self.url(index);
+            let name = self.nodes[index].name.clone();
+            if let Some(process) = self.nodes[index].process.as_mut()
+                && let Some(status) = process
+                    .try_wait()
+                    .with_context(|| format!("failed to poll nats-server {name}"))?
+            {
+                anyhow::bail!(
+                    "nats-server {name} exited at start ({status}); its log:\n{}",
+                    logs::tail(&self.log_path(index), logs::TAIL_LINES)
+                );
+            }
+            let last_error = match cluster_member_answers(&url).await {
+                Ok(()) => return Ok(()),
+                Err(error) => format!("{error:#}"),
+            };
+            if Instant::now() >= deadline {
+                anyhow::bail!(
+                    "nats-server {name} on {url} did not serve JetStream within \
+                     {CLUSTER_START_TIMEOUT:?} (last error: {last_error}); its log:\n{}",
+                    logs::tail(&self.log_path(index), logs::TAIL_LINES)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until a stream with one replica per server can be created: every server has
+    /// joined. The probe stream is deleted again.
+    async fn wait_until_formed(&self) -> Result<()> {
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(2))
+            .connect(self.urls().as_slice())
+            .await
+            .context("failed to connect to the nats cluster")?;
+        let jetstream = async_nats::jetstream::new(client);
+        let config = async_nats::jetstream::stream::Config {
+            name: "E2E_CLUSTER_PROBE".to_owned(),
+            subjects: vec!["e2e.cluster.probe".to_owned()],
+            storage: async_nats::jetstream::stream::StorageType::Memory,
+            num_replicas: self.nodes.len(),
+            ..Default::default()
+        };
+        let deadline = Instant::now() + CLUSTER_START_TIMEOUT;
+        loop {
+            let last_error = match jetstream.create_stream(config.clone()).await {
+                Ok(_) => break,
+                Err(error) => error.to_string(),
+            };
+            if Instant::now() >= deadline {
+                anyhow::bail!(
+                    "the nats cluster did not accept an R{} stream within \
+                     {CLUSTER_START_TIMEOUT:?} (last error: {last_error}); the log of {}:\n{}",
+                    self.nodes.len(),
+                    self.nodes[0].name,
+                    logs::tail(&self.log_path(0), logs::TAIL_LINES)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        jetstream
+            .delete_stream("E2E_CLUSTER_PROBE")
+            .await
+            .context("failed to delete the cluster probe stream")?;
+        Ok(())
+    }
+
+    /// How many servers the cluster has.
+    pub fn size(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// The client URL of one server, `nats://127.0.0.1:<port>`.
+    pub fn url(&self, index: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.nodes[index].port)
+    }
+
+    /// The client URLs of every server.
+    pub fn urls(&self) -> Vec<String> {
+        (0..self.nodes.len()).map(|index| self.url(index)).collect()
+    }
+
+    /// The server name of one server (`n1`, `n2`, ...), as JetStream reports leaders.
+    pub fn name(&self, index: usize) -> &str {
+        &self.nodes[index].name
+    }
+
+    /// The index of the server with this name.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|node| node.name == name)
+    }
+
+    /// Where one server's log goes.
+    pub fn log_path(&self, index: usize) -> PathBuf {
+        self.directory
+            .path()
+            .join(format!("{}.log", self.nodes[index].name))
+    }
+
+    /// True while the server's process runs (as far as the harness knows).
+    pub fn is_running(&self, index: usize) -> bool {
+        self.nodes[index].process.is_some()
+    }
+
+    /// Kills one server with SIGKILL, as a crash would, and waits until it is gone. Its store
+    /// stays, for [`NatsCluster::restart`].
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut process) = self.nodes[index].process.take() {
+            // An error means it already exited; either way it is gone afterwards.
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+
+    /// Starts a killed server again with the same name, ports and store, and waits until it
+    /// serves JetStream.
+    pub async fn restart(&mut self, index: usize) -> Result<()> {
+        self.kill(index);
+        self.spawn(index)?;
+        self.wait_until_serving(index).await
+    }
+
+    /// Keeps the stores and logs after drop, so a failing test can be investigated.
+    pub fn keep_files(&mut self) {
+        self.directory.disable_cleanup(true);
+    }
+
+    /// The directory holding every server's store and log.
+    pub fn directory(&self) -> &Path {
+        self.directory.path()
+    }
+
+    /// Kills every server.
+    pub fn stop(&mut self) {
+        for index in 0..self.nodes.len() {
+            self.kill(index);
+        }
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            self.keep_files();
+            eprintln!(
+                "kept the nats cluster's stores and logs of the failed test in {}",
+                self.directory.path().display()
+            );
+        }
+    }
+}
+
 enum StartError {
     PortTaken(String),
     Other(anyhow::Error),
@@ -171,6 +422,31 @@ async fn jetstream_answers(url: &str) -> Result<()> {
         .query_account()
         .await
         .context("JetStream did not answer an account info request")?;
+    Ok(())
+}
+
+/// Connects to one server only and lists the streams: a clustered server answers that only
+/// once it is in contact with the cluster's meta leader (an account info request, which
+/// [`jetstream_answers`] makes, it answers before).
+async fn cluster_member_answers(url: &str) -> Result<()> {
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(1))
+        .ignore_discovered_servers()
+        .connect(url)
+        .await
+        .context("failed to connect")?;
+    let mut jetstream = async_nats::jetstream::new(client);
+    jetstream.set_timeout(Duration::from_secs(2));
+    jetstream
+        .query_account()
+        .await
+        .context("JetStream did not answer an account info request")?;
+    let names: Vec<String> = jetstream
+        .stream_names()
+        .try_collect()
+        .await
+        .context("JetStream did not list the streams")?;
+    drop(names);
     Ok(())
 }
 

@@ -1,6 +1,7 @@
-//! A whole running system for one test: a private `nats-server`, the five service binaries
-//! as child processes on free ports and fresh databases, and control over their lifecycle
-//! (kill, wait for a self-inflicted crash, restart on the same port and database).
+//! A whole running system for one test: a private `nats-server` (or a JetStream cluster of
+//! several), the five service binaries as child processes on free ports and fresh databases
+//! (one process each, or several replicas sharing a database), and control over their
+//! lifecycle (kill, wait for a self-inflicted crash, restart on the same port and database).
 
 use std::env;
 use std::fmt;
@@ -9,6 +10,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -19,9 +21,10 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::databases;
+use crate::gateway::GatewaySimulator;
 use crate::invariants::Ledger;
 use crate::logs;
-use crate::nats_server::NatsServer;
+use crate::nats_server::{NatsCluster, NatsServer};
 use crate::ports::free_port;
 
 /// How long a service may take from spawn to `GET /readyz` answering 200 (it creates and
@@ -116,6 +119,12 @@ pub struct SystemOptions {
     /// only the harness, which then shuts them down in order. Tests leave this off so that an
     /// interrupted `cargo test` takes the services down with it.
     pub own_process_group: bool,
+    /// `nats-server` processes: 1 starts one server; more start a JetStream cluster of that
+    /// many, and the services create their streams with one replica per server
+    /// (`STREAM_REPLICAS`).
+    pub nats_servers: usize,
+    /// Processes per service, each on its own HTTP port, all on the service's one database.
+    pub replicas: usize,
 }
 
 impl Default for SystemOptions {
@@ -129,6 +138,8 @@ impl Default for SystemOptions {
             drop_databases_at_end: true,
             log_directory: None,
             own_process_group: false,
+            nats_servers: 1,
+            replicas: 1,
         }
     }
 }
@@ -142,10 +153,15 @@ impl SystemOptions {
     }
 }
 
-/// One service's child process and everything needed to start it again the same way.
+/// One service process (one replica of a service) and everything needed to start it again
+/// the same way.
 #[derive(Debug)]
 struct ServiceProcess {
     service: Service,
+    /// 0 for the first (or only) process of the service.
+    replica: usize,
+    /// How many processes the service has, for naming.
+    replicas: usize,
     binary: PathBuf,
     process: Option<Child>,
     http_port: u16,
@@ -156,9 +172,18 @@ struct ServiceProcess {
 }
 
 impl ServiceProcess {
+    /// `order-service`, or `order-service#2` for the second of several replicas.
+    fn label(&self) -> String {
+        if self.replicas == 1 {
+            self.service.to_string()
+        } else {
+            format!("{}#{}", self.service, self.replica + 1)
+        }
+    }
+
     fn spawn(&mut self, extra_env: &[(String, String)], own_process_group: bool) -> Result<()> {
         let extras: Vec<String> = extra_env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let banner = format!("starting {} {}", self.service, extras.join(" "));
+        let banner = format!("starting {} {}", self.label(), extras.join(" "));
         let (stdout, stderr) = logs::open_for_child(&self.log_path, banner.trim_end())?;
         let mut command = Command::new(&self.binary);
         // Faults are only ever injected on purpose, through `extra_env`: never inherit one
@@ -191,7 +216,7 @@ impl ServiceProcess {
         };
         let status = process
             .try_wait()
-            .with_context(|| format!("failed to poll {}", self.service))?;
+            .with_context(|| format!("failed to poll {}", self.label()))?;
         if status.is_some() {
             self.process = None;
         }
@@ -235,19 +260,73 @@ impl LogDirectory {
     }
 }
 
+/// The system's NATS: one server, or a JetStream cluster.
+#[derive(Debug)]
+enum Nats {
+    Single(NatsServer),
+    Cluster(NatsCluster),
+}
+
+impl Nats {
+    async fn start(servers: usize) -> Result<Nats> {
+        Ok(if servers <= 1 {
+            Nats::Single(NatsServer::start().await?)
+        } else {
+            Nats::Cluster(NatsCluster::start(servers).await?)
+        })
+    }
+
+    fn urls(&self) -> Vec<String> {
+        match self {
+            Nats::Single(server) => vec![server.url()],
+            Nats::Cluster(cluster) => cluster.urls(),
+        }
+    }
+
+    fn log_paths(&self) -> Vec<PathBuf> {
+        match self {
+            Nats::Single(server) => vec![server.log_path()],
+            Nats::Cluster(cluster) => (0..cluster.size())
+                .map(|index| cluster.log_path(index))
+                .collect(),
+        }
+    }
+
+    fn keep_files(&mut self) {
+        match self {
+            Nats::Single(server) => server.keep_files(),
+            Nats::Cluster(cluster) => cluster.keep_files(),
+        }
+    }
+
+    fn stop(&mut self) {
+        match self {
+            Nats::Single(server) => server.stop(),
+            Nats::Cluster(cluster) => cluster.stop(),
+        }
+    }
+}
+
 /// A running system: NATS, the five services, their databases and logs. Killed and cleaned
 /// up on drop; a test ends with [`System::shutdown`], which also checks that every service
 /// exits 0 on SIGTERM. A system dropped without a clean shutdown (a failing test) keeps its
 /// logs and prints where they are and how they end.
 #[derive(Debug)]
 pub struct System {
-    nats: NatsServer,
+    nats: Nats,
+    /// Every service process: the replicas of `Service::ALL[0]` first, then of the next.
     services: Vec<ServiceProcess>,
+    /// Processes per service.
+    replicas: usize,
+    /// Spreads the helpers' requests over a service's replicas, as a load balancer would.
+    next_replica: AtomicUsize,
     database_prefix: String,
     drop_databases_at_end: bool,
     own_process_group: bool,
     logs: LogDirectory,
     http: reqwest::Client,
+    /// The payment gateway the payment service calls, simulated in this process.
+    gateway: GatewaySimulator,
     pub(crate) nats_client: OnceCell<async_nats::Client>,
     /// What the test did (stock set, orders placed, messages injected), for the invariants.
     pub(crate) ledger: Mutex<Ledger>,
@@ -256,8 +335,13 @@ pub struct System {
 }
 
 impl System {
-    /// Starts NATS and the five services and returns once every service is ready.
+    /// Starts NATS and the five services (each with `options.replicas` processes) and
+    /// returns once every process is ready.
     pub async fn start(options: SystemOptions) -> Result<System> {
+        anyhow::ensure!(
+            options.replicas >= 1,
+            "every service needs at least one process"
+        );
         let binary_directory = service_binary_directory()?;
         let mut binaries = Vec::new();
         for service in Service::ALL {
@@ -293,93 +377,143 @@ impl System {
             .no_proxy()
             .build()
             .context("failed to build the HTTP client")?;
-        let nats = NatsServer::start().await?;
+        let nats = Nats::start(options.nats_servers).await?;
+        let gateway = GatewaySimulator::start().await?;
         let mut system = System {
             nats,
             services: Vec::new(),
+            replicas: options.replicas,
+            next_replica: AtomicUsize::new(0),
             database_prefix,
             drop_databases_at_end: options.drop_databases_at_end,
             own_process_group: options.own_process_group,
             logs,
             http,
+            gateway,
             nats_client: OnceCell::new(),
             ledger: Mutex::new(Ledger::default()),
             shut_down: false,
         };
+        let nats_urls = system.nats.urls();
+        // Per process (in `services` order), the extras it starts with.
+        let mut extra_envs: Vec<Vec<(String, String)>> = Vec::new();
         // From here on, an error drops `system`, which kills whatever was started.
-        for (service, binary) in binaries {
-            let http_port = if options.fixed_http_ports {
-                let port = service.default_port();
-                TcpListener::bind(("127.0.0.1", port)).with_context(|| {
-                    format!("port {port} for {service} is taken (is another demo running?)")
-                })?;
-                port
-            } else {
-                free_port()?
-            };
-            let database = format!("{}_{}", system.database_prefix, service.name());
-            let log_path = system.logs.path().join(format!("{}.log", service.name()));
-            logs::touch(&log_path)?;
-            let environment = vec![
-                ("NATS_URL".to_owned(), system.nats.url()),
-                (
-                    "DATABASE_URL".to_owned(),
-                    databases::database_url(&database),
-                ),
-                ("HTTP_ADDR".to_owned(), format!("127.0.0.1:{http_port}")),
-                ("RUST_LOG".to_owned(), options.rust_log.clone()),
-                ("LOG_FORMAT".to_owned(), "pretty".to_owned()),
-                // The logs go to files: colour codes would only make them hard to read.
-                ("NO_COLOR".to_owned(), "1".to_owned()),
-                ("DB_MAX_CONNECTIONS".to_owned(), "4".to_owned()),
-                // Redeliveries after a crash come quickly, so the crash test is quick.
-                ("CONSUMER_ACK_WAIT".to_owned(), "2s".to_owned()),
-                // Far beyond any test's own timeouts on a busy machine: only the deadline
-                // tests, which set their own, should ever see an order run out of time.
-                ("ORDER_DEADLINE".to_owned(), "120s".to_owned()),
-            ];
-            let extra_env: Vec<(String, String)> = options
-                .extra_env
-                .iter()
-                .filter(|(target, _, _)| *target == service)
-                .map(|(_, key, value)| (key.clone(), value.clone()))
-                .collect();
-            let mut process = ServiceProcess {
-                service,
-                binary,
-                process: None,
-                http_port,
-                database,
-                log_path,
-                environment,
-            };
-            process.spawn(&extra_env, system.own_process_group)?;
-            system.services.push(process);
+        for (service_index, (service, binary)) in binaries.into_iter().enumerate() {
+            for replica in 0..options.replicas {
+                let http_port = if options.fixed_http_ports && replica == 0 {
+                    let port = service.default_port();
+                    TcpListener::bind(("127.0.0.1", port)).with_context(|| {
+                        format!("port {port} for {service} is taken (is another demo running?)")
+                    })?;
+                    port
+                } else {
+                    free_port()?
+                };
+                let database = format!("{}_{}", system.database_prefix, service.name());
+                let log_name = if options.replicas == 1 {
+                    format!("{}.log", service.name())
+                } else {
+                    format!("{}-{}.log", service.name(), replica + 1)
+                };
+                let log_path = system.logs.path().join(log_name);
+                logs::touch(&log_path)?;
+                // On a cluster each process is given one server to start from, spread so that the
+                // replicas of a service start from different servers; the client learns the
+                // others from the server and fails over to them. (A list, "nats://a,nats://b",
+                // would be better still, but the services' NATS client takes one URL.)
+                let nats_url = nats_urls[(service_index + replica) % nats_urls.len()].clone();
+                let mut environment = vec![
+                    ("NATS_URL".to_owned(), nats_url),
+                    (
+                        "DATABASE_URL".to_owned(),
+                        databases::database_url(&database),
+                    ),
+                    ("HTTP_ADDR".to_owned(), format!("127.0.0.1:{http_port}")),
+                    ("RUST_LOG".to_owned(), options.rust_log.clone()),
+                    ("LOG_FORMAT".to_owned(), "pretty".to_owned()),
+                    // The logs go to files: colour codes would only make them hard to read.
+                    ("NO_COLOR".to_owned(), "1".to_owned()),
+                    ("DB_MAX_CONNECTIONS".to_owned(), "4".to_owned()),
+                    // Redeliveries after a crash come quickly, so the crash test is quick.
+                    ("CONSUMER_ACK_WAIT".to_owned(), "2s".to_owned()),
+                    // Far beyond any test's own timeouts on a busy machine: only the deadline
+                    // tests, which set their own, should ever see an order run out of time.
+                    ("ORDER_DEADLINE".to_owned(), "120s".to_owned()),
+                    (
+                        "PAYMENT_GATEWAY_URL".to_owned(),
+                        system.gateway.url().to_owned(),
+                    ),
+                    // A gateway test turns faults off again: probe again soon after.
+                    (
+                        "PAYMENT_GATEWAY_BREAKER_OPEN_FOR".to_owned(),
+                        "1s".to_owned(),
+                    ),
+                ];
+                if nats_urls.len() > 1 {
+                    environment.push(("STREAM_REPLICAS".to_owned(), nats_urls.len().to_string()));
+                }
+                let extra_env: Vec<(String, String)> = options
+                    .extra_env
+                    .iter()
+                    .filter(|(target, _, _)| *target == service)
+                    .map(|(_, key, value)| (key.clone(), value.clone()))
+                    .collect();
+                system.services.push(ServiceProcess {
+                    service,
+                    replica,
+                    replicas: options.replicas,
+                    binary: binary.clone(),
+                    process: None,
+                    http_port,
+                    database,
+                    log_path,
+                    environment,
+                });
+                extra_envs.push(extra_env);
+            }
         }
-        system.wait_until_ready(&Service::ALL).await?;
+        // On one server every process starts at once. On a cluster they start one after the
+        // other: a service declares its streams at start and exits if JetStream does not
+        // answer in time, and several services creating the same R3 streams at once on a
+        // fresh cluster (on two busy cores) regularly time out. A supervisor would start
+        // such a service again; the harness would fail instead. The first process creates
+        // the streams, the later ones find them.
+        let groups: Vec<Vec<usize>> = if nats_urls.len() > 1 {
+            (0..system.services.len()).map(|index| vec![index]).collect()
+        } else {
+            vec![(0..system.services.len()).collect()]
+        };
+        for starting in groups {
+            for index in &starting {
+                let own_process_group = system.own_process_group;
+                system.services[*index].spawn(&extra_envs[*index], own_process_group)?;
+            }
+            system.wait_until_ready(&starting).await?;
+        }
         Ok(system)
     }
 
-    /// Polls `GET /readyz` of each service until it answers 200; fails at once, with the end
-    /// of its log, if a service exits first.
-    async fn wait_until_ready(&mut self, services: &[Service]) -> Result<()> {
+    /// Polls `GET /readyz` of each process (an index into `services`) until it answers 200;
+    /// fails at once, with the end of its log, if a process exits first.
+    async fn wait_until_ready(&mut self, processes: &[usize]) -> Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
-        let mut waiting: Vec<Service> = services.to_vec();
-        let mut last_seen: Vec<(Service, String)> = Vec::new();
+        let mut waiting: Vec<usize> = processes.to_vec();
+        let mut last_seen: Vec<(usize, String)> = Vec::new();
         while !waiting.is_empty() {
             last_seen.clear();
             let mut still_waiting = Vec::new();
-            for service in waiting {
-                let process = self.process_mut(service);
+            for index in waiting {
+                let process = &mut self.services[index];
                 if let Some(status) = process.exited()? {
                     anyhow::bail!(
-                        "{service} exited before it was ready ({}); the end of its log ({}):\n{}",
+                        "{} exited before it was ready ({}); the end of its log ({}):\n{}",
+                        process.label(),
                         describe_exit(status),
                         process.log_path.display(),
                         process.log_tail()
                     );
                 }
-                let url = format!("{}/readyz", self.base_url(service));
+                let url = format!("http://127.0.0.1:{}/readyz", process.http_port);
                 match self
                     .http
                     .get(&url)
@@ -389,12 +523,12 @@ impl System {
                 {
                     Ok(response) if response.status() == reqwest::StatusCode::OK => {}
                     Ok(response) => {
-                        last_seen.push((service, format!("HTTP {}", response.status())));
-                        still_waiting.push(service);
+                        last_seen.push((index, format!("HTTP {}", response.status())));
+                        still_waiting.push(index);
                     }
                     Err(error) => {
-                        last_seen.push((service, error.to_string()));
-                        still_waiting.push(service);
+                        last_seen.push((index, error.to_string()));
+                        still_waiting.push(index);
                     }
                 }
             }
@@ -404,10 +538,11 @@ impl System {
             }
             if Instant::now() >= deadline {
                 let mut message = format!("services not ready within {READY_TIMEOUT:?}:");
-                for (service, seen) in &last_seen {
-                    let process = self.process(*service);
+                for (index, seen) in &last_seen {
+                    let process = &self.services[*index];
                     message.push_str(&format!(
-                        "\n--- {service}: GET /readyz gave {seen}; the end of its log ({}):\n{}",
+                        "\n--- {}: GET /readyz gave {seen}; the end of its log ({}):\n{}",
+                        process.label(),
                         process.log_path.display(),
                         process.log_tail()
                     ));
@@ -419,41 +554,96 @@ impl System {
         Ok(())
     }
 
+    /// Where a replica of a service is in `services`.
+    fn process_index(&self, service: Service, replica: usize) -> usize {
+        assert!(
+            replica < self.replicas,
+            "{service} has {} replicas, not {}",
+            self.replicas,
+            replica + 1
+        );
+        // Pushed at start in `Service::ALL` order, the replicas of each service together.
+        service as usize * self.replicas + replica
+    }
+
+    /// The first (or only) process of a service.
     fn process(&self, service: Service) -> &ServiceProcess {
-        // Every service is pushed at start, in `Service::ALL` order.
-        &self.services[service as usize]
+        &self.services[self.process_index(service, 0)]
     }
 
     fn process_mut(&mut self, service: Service) -> &mut ServiceProcess {
-        &mut self.services[service as usize]
+        let index = self.process_index(service, 0);
+        &mut self.services[index]
     }
 
-    /// `http://127.0.0.1:<port>` of a service.
+    /// `http://127.0.0.1:<port>` of a service. With several replicas, successive calls take
+    /// turns among the replicas the harness has not killed, as a load balancer would.
     pub fn base_url(&self, service: Service) -> String {
-        format!("http://127.0.0.1:{}", self.process(service).http_port)
+        let start = self.process_index(service, 0);
+        let replicas = &self.services[start..start + self.replicas];
+        let running: Vec<&ServiceProcess> = replicas
+            .iter()
+            .filter(|process| process.process.is_some())
+            .collect();
+        let process = if running.is_empty() {
+            &replicas[0]
+        } else {
+            running[self.next_replica.fetch_add(1, Ordering::Relaxed) % running.len()]
+        };
+        format!("http://127.0.0.1:{}", process.http_port)
     }
 
-    /// The HTTP port a service listens on.
+    /// `http://127.0.0.1:<port>` of one replica of a service.
+    pub fn replica_base_url(&self, service: Service, replica: usize) -> String {
+        let index = self.process_index(service, replica);
+        format!("http://127.0.0.1:{}", self.services[index].http_port)
+    }
+
+    /// The HTTP port a service (its first replica) listens on.
     pub fn http_port(&self, service: Service) -> u16 {
         self.process(service).http_port
     }
 
-    /// The URL of this system's NATS server.
-    pub fn nats_url(&self) -> String {
-        self.nats.url()
+    /// Processes per service.
+    pub fn replicas(&self) -> usize {
+        self.replicas
     }
 
-    /// The NATS server's own log.
+    /// A URL of this system's NATS (the first server of a cluster).
+    pub fn nats_url(&self) -> String {
+        self.nats.urls().swap_remove(0)
+    }
+
+    /// The URL of every NATS server of this system.
+    pub fn nats_urls(&self) -> Vec<String> {
+        self.nats.urls()
+    }
+
+    /// The NATS server's own log (the first server's, on a cluster).
     pub fn nats_log_path(&self) -> PathBuf {
-        self.nats.log_path()
+        self.nats.log_paths().swap_remove(0)
+    }
+
+    /// The NATS cluster, when the system runs on one (`SystemOptions::nats_servers` > 1), to
+    /// kill and restart its servers.
+    pub fn nats_cluster(&mut self) -> Option<&mut NatsCluster> {
+        match &mut self.nats {
+            Nats::Single(_) => None,
+            Nats::Cluster(cluster) => Some(cluster),
+        }
     }
 
     /// The name of a service's database.
+    /// The base URL of the payment gateway simulator.
+    pub fn gateway_url(&self) -> &str {
+        self.gateway.url()
+    }
+
     pub fn database_name(&self, service: Service) -> &str {
         &self.process(service).database
     }
 
-    /// Where a service's stdout and stderr go.
+    /// Where a service's (first replica's) stdout and stderr go.
     pub fn log_path(&self, service: Service) -> &Path {
         &self.process(service).log_path
     }
@@ -468,15 +658,22 @@ impl System {
         &self.http
     }
 
-    /// True while the service's process runs.
+    /// True while the service's (first replica's) process runs.
     pub fn is_running(&mut self, service: Service) -> Result<bool> {
         let process = self.process_mut(service);
         Ok(process.process.is_some() && process.exited()?.is_none())
     }
 
-    /// Kills a service with SIGKILL, as a crash would, and waits until it is gone.
+    /// Kills a service (its first replica) with SIGKILL, as a crash would, and waits until it
+    /// is gone.
     pub fn kill(&mut self, service: Service) {
         self.process_mut(service).kill();
+    }
+
+    /// Kills one replica of a service with SIGKILL and waits until it is gone.
+    pub fn kill_replica(&mut self, service: Service, replica: usize) {
+        let index = self.process_index(service, replica);
+        self.services[index].kill();
     }
 
     /// Freezes a service with SIGSTOP: it keeps its connections but does nothing, as a
@@ -527,19 +724,30 @@ impl System {
         }
     }
 
-    /// Starts a service again on the same port and database, with its usual environment plus
-    /// `extra_env` (the extras given at [`System::start`] are not repeated), and waits until
-    /// it is ready. A service still running is killed first.
+    /// Starts a service (its first replica) again on the same port and database, with its
+    /// usual environment plus `extra_env` (the extras given at [`System::start`] are not
+    /// repeated), and waits until it is ready. A service still running is killed first.
     pub async fn restart(&mut self, service: Service, extra_env: &[(&str, &str)]) -> Result<()> {
+        self.restart_replica(service, 0, extra_env).await
+    }
+
+    /// [`System::restart`] for one replica of a service.
+    pub async fn restart_replica(
+        &mut self,
+        service: Service,
+        replica: usize,
+        extra_env: &[(&str, &str)],
+    ) -> Result<()> {
         let own_process_group = self.own_process_group;
         let extra_env: Vec<(String, String)> = extra_env
             .iter()
             .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
             .collect();
-        let process = self.process_mut(service);
+        let index = self.process_index(service, replica);
+        let process = &mut self.services[index];
         process.kill();
         process.spawn(&extra_env, own_process_group)?;
-        self.wait_until_ready(&[service]).await
+        self.wait_until_ready(&[index]).await
     }
 
     /// Stops everything in order: SIGTERM to every service (each must exit 0 within
@@ -556,7 +764,7 @@ impl System {
                 if let Some(Err(error)) = signalled {
                     problems.push(format!(
                         "failed to send SIGTERM to {}: {error}",
-                        process.service
+                        process.label()
                     ));
                 }
             }
@@ -571,7 +779,7 @@ impl System {
                     if !status.success() {
                         problems.push(format!(
                             "{} {} after SIGTERM instead of exiting 0; the end of its log ({}):\n{}",
-                            process.service,
+                            process.label(),
                             describe_exit(status),
                             process.log_path.display(),
                             process.log_tail()
@@ -584,7 +792,7 @@ impl System {
                     problems.push(format!(
                         "{} did not exit within {SHUTDOWN_GRACE:?} of SIGTERM and was killed; \
                          the end of its log ({}):\n{}",
-                        process.service,
+                        process.label(),
                         process.log_path.display(),
                         process.log_tail()
                     ));
@@ -612,11 +820,15 @@ impl System {
         )
     }
 
+    /// Each service's database, once (replicas share theirs).
     fn database_names(&self) -> Vec<String> {
-        self.services
+        let mut names: Vec<String> = self
+            .services
             .iter()
             .map(|process| process.database.clone())
-            .collect()
+            .collect();
+        names.dedup();
+        names
     }
 }
 
@@ -638,15 +850,21 @@ impl Drop for System {
         // to understand why.
         self.logs.keep();
         self.nats.keep_files();
+        let nats_logs: Vec<String> = self
+            .nats
+            .log_paths()
+            .iter()
+            .map(|path| path.display().to_string())
+            .collect();
         eprintln!(
-            "\nservice logs kept in {} (nats-server log: {})",
+            "\nservice logs kept in {} (nats-server logs: {})",
             self.logs.path().display(),
-            self.nats.log_path().display()
+            nats_logs.join(", ")
         );
         for process in &self.services {
             eprintln!(
                 "--- the end of {} ({}):\n{}",
-                process.service,
+                process.label(),
                 process.log_path.display(),
                 logs::tail(&process.log_path, 25)
             );

@@ -170,23 +170,25 @@ impl<H: Handler> Consumer<H> {
             .jetstream
             .get_stream(self.subscription.stream.stream())
             .await?;
+        // Create or update: a changed setting (filters, ack wait, deliveries) reaches a
+        // durable consumer that already exists.
         let consumer = stream
-            .get_or_create_consumer(
-                &self.name,
-                pull::Config {
-                    durable_name: Some(self.name.clone()),
-                    filter_subjects: self
-                        .subscription
-                        .event_types
-                        .iter()
-                        .map(|event_type| type_filter(event_type))
-                        .collect(),
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    ack_wait: self.options.ack_wait,
-                    max_deliver: self.options.max_deliver,
-                    ..Default::default()
-                },
-            )
+            .create_consumer(pull::Config {
+                durable_name: Some(self.name.clone()),
+                filter_subjects: self
+                    .subscription
+                    .event_types
+                    .iter()
+                    .map(|event_type| type_filter(event_type))
+                    .collect(),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: self.options.ack_wait,
+                // One more than the loop's own limit: if the process dies during the last
+                // delivery the loop allows, the server still redelivers once, so the message
+                // is dead-lettered instead of dropped with only an advisory left behind.
+                max_deliver: self.options.max_deliver + 1,
+                ..Default::default()
+            })
             .await?;
         let messages = consumer
             .stream()

@@ -1,5 +1,6 @@
-//! JetStream setup: the connection, the context streams and the dead-letter stream, created
-//! idempotently by whichever service starts first, with the same configuration everywhere.
+//! JetStream setup: the connection, the context streams, the dead-letter stream and the
+//! stream capturing max-deliveries advisories, created idempotently by whichever service
+//! starts first, with the same configuration everywhere.
 
 use std::time::Duration;
 
@@ -61,6 +62,34 @@ pub fn dead_letter_stream(replicas: usize) -> stream::Config {
         subjects: vec![format!("{DLQ_PREFIX}.>")],
         storage: stream::StorageType::File,
         duplicate_window: DUPLICATE_WINDOW,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+/// The stream that captures JetStream's max-deliveries advisories.
+pub const ADVISORY_STREAM: &str = "ADVISORIES";
+
+/// JetStream publishes `<prefix>.<STREAM>.<CONSUMER>` when a consumer stops delivering a
+/// message because it reached `max_deliver`.
+pub const MAX_DELIVERIES_ADVISORY_PREFIX: &str = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES";
+
+/// How long captured advisories are kept: long enough to look after a weekend.
+pub const ADVISORY_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// The advisory stream: JetStream's MAX_DELIVERIES advisories, kept for [`ADVISORY_MAX_AGE`].
+///
+/// The consumer loop dead-letters a message itself on its last delivery, so an advisory means
+/// JetStream gave up on a message that never reached `DLQ` (the service died or stalled during
+/// that delivery, or someone's consumer has no such loop). It is the only trace of that
+/// message, and it is a fire-and-forget core NATS message: lost unless something listens at
+/// that moment. A stream listens all the time.
+pub fn advisory_stream(replicas: usize) -> stream::Config {
+    stream::Config {
+        name: ADVISORY_STREAM.to_owned(),
+        subjects: vec![format!("{MAX_DELIVERIES_ADVISORY_PREFIX}.>")],
+        storage: stream::StorageType::File,
+        max_age: ADVISORY_MAX_AGE,
         num_replicas: replicas,
         ..Default::default()
     }

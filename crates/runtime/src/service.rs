@@ -20,7 +20,9 @@ use tokio_util::task::TaskTracker;
 use crate::consumer::{Consumer, ConsumerHealth, ConsumerOptions, Handler, Subscription};
 use crate::database::{connect_and_migrate, redact};
 use crate::http::{Readiness, finish};
-use crate::jetstream::{connect, context_stream, dead_letter_stream, ensure_streams};
+use crate::jetstream::{
+    advisory_stream, connect, context_stream, dead_letter_stream, ensure_streams,
+};
 use crate::outbox::{Outbox, Relay};
 use crate::settings::{Identity, Settings};
 
@@ -107,6 +109,7 @@ impl<H: Handler> Service<H> {
             .map(|context| context_stream(context, replicas))
             .collect();
         configs.push(dead_letter_stream(replicas));
+        configs.push(advisory_stream(replicas));
         ensure_streams(&platform.jetstream, configs).await?;
 
         let address = platform.settings.http_addr(&platform.identity);

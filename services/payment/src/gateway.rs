@@ -1,13 +1,19 @@
-//! The payment gateway the service calls, synchronously, to authorize and refund. Today it is a
-//! deterministic simulation driven by the payment token; a real HTTP gateway will take its place
-//! behind the same methods, which are async for that reason.
+//! The payment gateway client: the one synchronous call in the system, because the payment
+//! service cannot decide without the answer. Each call has a timeout, is retried with backoff
+//! under the same idempotency key (so a retry never charges twice), and goes through a circuit
+//! breaker so that a gateway that is down fails fast instead of tying up consumers.
 
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use backon::{ExponentialBuilder, Retryable};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use thiserror::Error;
 use uuid::Uuid;
 
-/// The token the simulation authorizes.
-pub const TOKEN_AUTHORIZED: &str = "tok_ok";
-/// The token the simulation declines as a refused card.
-pub const TOKEN_DECLINED: &str = "tok_decline";
+use crate::breaker::Breaker;
 
 /// The gateway's answer to an authorization.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,89 +22,175 @@ pub enum GatewayOutcome {
     Declined { reason: String },
 }
 
-/// The payment gateway.
-#[derive(Debug, Clone, Default)]
-pub struct Gateway {}
-
-impl Gateway {
-    /// The simulated gateway: `tok_ok` is authorized, `tok_decline` is declined as
-    /// `card_declined`, any other token as `unsupported_payment_method`.
-    pub fn simulated() -> Gateway {
-        Gateway {}
-    }
-
-    /// Authorizes `amount_cents` on `payment_method`. The reaction that calls this may run more
-    /// than once for the same order, so the order id is the idempotency key: asking again with
-    /// the same key answers with the same authorization instead of charging twice.
-    pub async fn authorize(
-        &self,
-        idempotency_key: Uuid,
-        payment_method: &str,
-        amount_cents: i64,
-    ) -> GatewayOutcome {
-        tracing::debug!(%idempotency_key, amount_cents, "gateway authorization");
-        match payment_method {
-            TOKEN_AUTHORIZED => GatewayOutcome::Authorized {
-                authorization_id: format!("auth_{}", idempotency_key.simple()),
-            },
-            TOKEN_DECLINED => GatewayOutcome::Declined {
-                reason: "card_declined".to_owned(),
-            },
-            _ => GatewayOutcome::Declined {
-                reason: "unsupported_payment_method".to_owned(),
-            },
-        }
-    }
-
-    /// Gives `amount_cents` of an authorization back. The simulation always succeeds.
-    pub async fn refund(&self, authorization_id: &str, amount_cents: i64) {
-        tracing::debug!(authorization_id, amount_cents, "gateway refund");
-    }
+/// Why the gateway gave no answer. All of these are worth trying again later.
+#[derive(Debug, Error)]
+pub enum GatewayError {
+    #[error("the payment gateway is failing; its circuit breaker is open")]
+    CircuitOpen,
+    #[error("the payment gateway is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the payment gateway answered {status}: {body}")]
+    Refused { status: u16, body: String },
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// How the client talks to the gateway.
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    pub url: String,
+    pub timeout: Duration,
+    /// Attempts per call, the first included.
+    pub attempts: usize,
+    pub breaker_failures: u32,
+    pub breaker_open_for: Duration,
+}
 
-    const KEY: Uuid = Uuid::from_u128(0x0198_0000_0000_7000_8000_0000_0000_0001);
+/// The payment gateway, over HTTP.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    client: reqwest::Client,
+    base_url: String,
+    attempts: usize,
+    breaker: Arc<Mutex<Breaker>>,
+}
 
-    #[tokio::test]
-    async fn the_ok_token_is_authorized_with_an_id_derived_from_the_key() {
-        let gateway = Gateway::simulated();
-        let first = gateway.authorize(KEY, "tok_ok", 2500).await;
-        let again = gateway.authorize(KEY, "tok_ok", 2500).await;
-        assert_eq!(
-            first,
-            GatewayOutcome::Authorized {
-                authorization_id: "auth_01980000000070008000000000000001".into()
-            }
-        );
-        assert_eq!(again, first);
-        let other = gateway.authorize(Uuid::nil(), "tok_ok", 2500).await;
-        assert_ne!(other, first);
+#[derive(Debug, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+enum AuthorizationAnswer {
+    Authorized { authorization_id: String },
+    Declined { reason: String },
+}
+
+#[derive(Debug, Deserialize)]
+struct RefundAnswer {}
+
+impl Gateway {
+    pub fn new(options: &GatewayOptions) -> Result<Gateway, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .timeout(options.timeout)
+            .connect_timeout(options.timeout)
+            .build()?;
+        Ok(Gateway {
+            client,
+            base_url: options.url.trim_end_matches('/').to_owned(),
+            attempts: options.attempts.max(1),
+            breaker: Arc::new(Mutex::new(Breaker::new(
+                options.breaker_failures,
+                options.breaker_open_for,
+            ))),
+        })
     }
 
-    #[tokio::test]
-    async fn the_decline_token_is_declined_as_a_refused_card() {
-        assert_eq!(
-            Gateway::simulated()
-                .authorize(KEY, "tok_decline", 2500)
-                .await,
-            GatewayOutcome::Declined {
-                reason: "card_declined".into()
+    /// Authorizes `amount_cents` on `payment_method`. The order id is the idempotency key:
+    /// asking again (a retry, a redelivery) answers with the same authorization.
+    pub async fn authorize(
+        &self,
+        order_id: Uuid,
+        payment_method: &str,
+        amount_cents: i64,
+    ) -> Result<GatewayOutcome, GatewayError> {
+        let answer: AuthorizationAnswer = self
+            .call(
+                "/v1/authorizations",
+                json!({
+                    "idempotency_key": order_id.to_string(),
+                    "payment_method": payment_method,
+                    "amount_cents": amount_cents,
+                }),
+            )
+            .await?;
+        Ok(match answer {
+            AuthorizationAnswer::Authorized { authorization_id } => {
+                GatewayOutcome::Authorized { authorization_id }
             }
-        );
+            AuthorizationAnswer::Declined { reason } => GatewayOutcome::Declined { reason },
+        })
     }
 
-    #[tokio::test]
-    async fn any_other_token_is_declined_as_unsupported() {
-        for token in ["", "tok_OK", "4111111111111111"] {
-            assert_eq!(
-                Gateway::simulated().authorize(KEY, token, 2500).await,
-                GatewayOutcome::Declined {
-                    reason: "unsupported_payment_method".into()
-                }
-            );
+    /// Gives `amount_cents` of the order's authorization back, once however often it is asked.
+    pub async fn refund(
+        &self,
+        order_id: Uuid,
+        authorization_id: &str,
+        amount_cents: i64,
+    ) -> Result<(), GatewayError> {
+        let _: RefundAnswer = self
+            .call(
+                "/v1/refunds",
+                json!({
+                    "idempotency_key": format!("refund-{order_id}"),
+                    "authorization_id": authorization_id,
+                    "amount_cents": amount_cents,
+                }),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> Result<T, GatewayError> {
+        (|| self.call_once(path, &body))
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(100))
+                    .with_max_times(self.attempts - 1)
+                    .with_jitter(),
+            )
+            .when(|error| matches!(error, GatewayError::Unavailable(_)))
+            .notify(|error, delay| tracing::warn!(%error, ?delay, "gateway call failed; retrying"))
+            .await
+    }
+
+    async fn call_once<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<T, GatewayError> {
+        if !self.with_breaker(|breaker| breaker.allow(Instant::now())) {
+            return Err(GatewayError::CircuitOpen);
         }
+        let result = self.send(path, body).await;
+        // A refusal (4xx) is an answer: the gateway itself is fine.
+        let healthy = !matches!(result, Err(GatewayError::Unavailable(_)));
+        self.with_breaker(|breaker| breaker.record(healthy, Instant::now()));
+        result
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<T, GatewayError> {
+        let unavailable = |error: reqwest::Error| GatewayError::Unavailable(error.to_string());
+        let response = self
+            .client
+            .post(format!("{}{path}", self.base_url))
+            .json(body)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        let status = response.status();
+        if status.is_server_error() {
+            return Err(GatewayError::Unavailable(format!("HTTP {status}")));
+        }
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(GatewayError::Refused {
+                status: status.as_u16(),
+                body,
+            });
+        }
+        response.json().await.map_err(unavailable)
+    }
+
+    fn with_breaker<R>(&self, f: impl FnOnce(&mut Breaker) -> R) -> R {
+        // The breaker is plain state; a panic elsewhere cannot leave it half-written.
+        let mut breaker = self
+            .breaker
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut breaker)
     }
 }

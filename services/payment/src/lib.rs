@@ -5,19 +5,24 @@
 //! [`domain`] holds the rules, [`gateway`] the payment gateway, [`reactions`] the event
 //! handler, [`store`] the SQL and [`http`] the API; [`build`] wires them onto the runtime.
 
+pub mod breaker;
 pub mod domain;
 pub mod gateway;
 pub mod http;
 pub mod reactions;
 pub mod store;
 
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
 use events::streams::Context;
 use runtime::consumer::Subscription;
 use runtime::service::{Domain, Platform, Service};
 use runtime::settings::{Identity, Settings};
 use sqlx::migrate::Migrator;
 
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, GatewayOptions};
 use crate::reactions::Reactions;
 
 /// Who this service is: its database, consumers and event source are named after it.
@@ -29,10 +34,55 @@ pub const IDENTITY: Identity = Identity {
 /// The service's own tables (the runtime adds the outbox and inbox).
 static MIGRATIONS: Migrator = sqlx::migrate!();
 
+/// The payment service's settings: the shared ones plus how to reach the payment gateway.
+#[derive(Debug, Clone, Parser)]
+#[command(about, version)]
+pub struct Config {
+    #[command(flatten)]
+    pub runtime: Settings,
+
+    /// Base URL of the payment gateway (the workspace's `gateway-simulator` locally).
+    #[arg(
+        long,
+        env = "PAYMENT_GATEWAY_URL",
+        default_value = "http://127.0.0.1:8090"
+    )]
+    pub gateway_url: String,
+
+    /// Time limit of one gateway call.
+    #[arg(long, env = "PAYMENT_GATEWAY_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub gateway_timeout: Duration,
+
+    /// Attempts per gateway call (the first included), all with the same idempotency key.
+    #[arg(long, env = "PAYMENT_GATEWAY_ATTEMPTS", default_value_t = 3)]
+    pub gateway_attempts: usize,
+
+    /// Consecutive failed calls that open the circuit breaker.
+    #[arg(long, env = "PAYMENT_GATEWAY_BREAKER_FAILURES", default_value_t = 5)]
+    pub breaker_failures: u32,
+
+    /// How long an open breaker fails calls fast before letting a probe through.
+    #[arg(long, env = "PAYMENT_GATEWAY_BREAKER_OPEN_FOR", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub breaker_open_for: Duration,
+}
+
+impl Config {
+    pub fn gateway(&self) -> GatewayOptions {
+        GatewayOptions {
+            url: self.gateway_url.clone(),
+            timeout: self.gateway_timeout,
+            attempts: self.gateway_attempts,
+            breaker_failures: self.breaker_failures,
+            breaker_open_for: self.breaker_open_for,
+        }
+    }
+}
+
 /// Connects the database (creating and migrating it) and NATS, creates the streams and binds
 /// the HTTP listener. Run the result with [`Service::run_until_stopped`].
-pub async fn build(settings: Settings) -> anyhow::Result<Service<Reactions>> {
-    let platform = Platform::connect(IDENTITY, settings, &MIGRATIONS).await?;
+pub async fn build(config: Config) -> anyhow::Result<Service<Reactions>> {
+    let gateway = Gateway::new(&config.gateway()).context("failed to set up the gateway client")?;
+    let platform = Platform::connect(IDENTITY, config.runtime, &MIGRATIONS).await?;
     let routes = http::routes(platform.pool.clone());
     Service::build(
         platform,
@@ -53,9 +103,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<Service<Reactions>> {
                     event_types: vec!["fulfillment.failed"],
                 },
             ],
-            handler: Reactions {
-                gateway: Gateway::simulated(),
-            },
+            handler: Reactions { gateway },
             workers: Vec::new(),
         },
     )

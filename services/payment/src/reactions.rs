@@ -11,7 +11,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::domain::{self, Charge, Refund};
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, GatewayError};
 use crate::store;
 
 /// The payment service's event handler.
@@ -63,7 +63,8 @@ impl Reactions {
         let outcome = self
             .gateway
             .authorize(order_id, payment_method, amount_cents)
-            .await;
+            .await
+            .map_err(unavailable)?;
         let transition = domain::record_authorization(&payment, outcome);
         store::save(tx, &transition.payment).await?;
         tracing::info!(
@@ -96,7 +97,10 @@ impl Reactions {
                 return Ok(vec![]);
             }
         };
-        self.gateway.refund(authorization_id, amount_cents).await;
+        self.gateway
+            .refund(order_id, authorization_id, amount_cents)
+            .await
+            .map_err(unavailable)?;
         let transition = domain::record_refund(&payment);
         store::save(tx, &transition.payment).await?;
         tracing::info!(amount_cents, "payment refunded");
@@ -118,7 +122,10 @@ impl Reactions {
                 authorization_id,
                 amount_cents,
             } => {
-                self.gateway.refund(authorization_id, amount_cents).await;
+                self.gateway
+                    .refund(order_id, authorization_id, amount_cents)
+                    .await
+                    .map_err(unavailable)?;
                 tracing::info!(amount_cents, "payment refunded on cancellation");
                 domain::record_refund(&payment)
             }
@@ -141,6 +148,12 @@ async fn order_placed(
         domain::payment_for(placed).map_err(|error| HandlerError::Permanent(error.to_string()))?;
     store::insert(tx, &payment).await?;
     Ok(vec![])
+}
+
+/// A gateway without an answer: the event is retried later (with backoff, then dead-lettered);
+/// the idempotency key makes the retry safe.
+fn unavailable(error: GatewayError) -> HandlerError {
+    HandlerError::Transient(error.into())
 }
 
 /// The order's payment, locked for this transaction; not known yet is worth a retry, because

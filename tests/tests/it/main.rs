@@ -3,12 +3,16 @@
 //! states and the cross-service invariants. Run `cargo build --workspace --bins` first.
 
 mod cancellation;
+mod cluster;
 mod concurrency;
 mod crash;
 mod dead_letters;
 mod duplicates;
+mod gateway;
+mod hardening;
 mod harness;
 mod idempotency;
 mod outbox_relay;
+mod redrive;
 mod saga_paths;
 mod validation;

@@ -5,7 +5,9 @@ use events::Event;
 use events::fulfillment::FulfillmentFailed;
 use events::inventory::{InventoryReserved, StockLine};
 use events::order::{OrderLine, OrderPlaced, Shipping};
-use payment::gateway::Gateway;
+use std::time::Duration;
+
+use payment::gateway::{Gateway, GatewayOptions};
 use payment::reactions::Reactions;
 use runtime::consumer::HandlerError;
 use runtime::testing::{self, ScratchDatabase};
@@ -19,16 +21,36 @@ pub async fn scratch_database() -> ScratchDatabase {
     ScratchDatabase::create("payment", &MIGRATIONS).await
 }
 
-/// The handler as the service builds it, with the simulated card gateway.
-pub fn reactions() -> Reactions {
-    Reactions {
-        gateway: Gateway::simulated(),
-    }
+/// The handler as the service builds it, talking over HTTP to a gateway simulator of its own
+/// running in this test (it lives as long as the test's runtime).
+pub async fn reactions() -> Reactions {
+    let simulator = gateway_simulator::Simulator::bind(gateway_simulator::Config {
+        http_addr: "127.0.0.1:0".parse().expect("a socket address"),
+        latency: Duration::ZERO,
+        error_rate: 0.0,
+        log_format: runtime::settings::LogFormat::Pretty,
+    })
+    .await
+    .expect("failed to bind the gateway simulator");
+    let url = format!(
+        "http://{}",
+        simulator.local_addr().expect("a bound address")
+    );
+    tokio::spawn(simulator.run_until_stopped(std::future::pending()));
+    let gateway = Gateway::new(&GatewayOptions {
+        url,
+        timeout: Duration::from_secs(2),
+        attempts: 3,
+        breaker_failures: 5,
+        breaker_open_for: Duration::from_secs(5),
+    })
+    .expect("a gateway client");
+    Reactions { gateway }
 }
 
 /// Hands `event` to the service's handler as the consumer would; see [`testing::deliver`].
 pub async fn deliver(pool: &PgPool, event: Event) -> Result<Vec<Event>, HandlerError> {
-    testing::deliver(pool, &reactions(), event).await
+    testing::deliver(pool, &reactions().await, event).await
 }
 
 pub fn order_placed(order_id: Uuid, payment_method: &str, total_cents: i64) -> Event {

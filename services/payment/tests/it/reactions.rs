@@ -217,7 +217,7 @@ async fn concurrent_deliveries_of_reserved_stock_charge_once() {
 
     let outcomes = testing::deliver_concurrently(
         &database.pool,
-        Arc::new(reactions()),
+        Arc::new(reactions().await),
         "SELECT 1 FROM payments WHERE order_id = $1 FOR UPDATE",
         order_id,
         vec![inventory_reserved(order_id), inventory_reserved(order_id)],
