@@ -479,7 +479,9 @@ impl System {
         // such a service again; the harness would fail instead. The first process creates
         // the streams, the later ones find them.
         let groups: Vec<Vec<usize>> = if nats_urls.len() > 1 {
-            (0..system.services.len()).map(|index| vec![index]).collect()
+            (0..system.services.len())
+                .map(|index| vec![index])
+                .collect()
         } else {
             vec![(0..system.services.len()).collect()]
         };
