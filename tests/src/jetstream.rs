@@ -21,6 +21,9 @@ use crate::system::System;
 /// [`System::wait_consumers_idle`] can tell them from the services' own.
 const PROBE_CONSUMER_PREFIX: &str = "e2e-probe-";
 
+/// How long reading a stream is tried again on errors (see [`System::read_stream`]).
+const READ_RETRY: Duration = Duration::from_secs(15);
+
 /// The header JetStream deduplicates on.
 const MESSAGE_ID_HEADER: &str = "Nats-Msg-Id";
 
@@ -175,10 +178,9 @@ impl System {
     /// `payment.authorized.*`), in stream order.
     pub async fn stored_events(&self, subject_filter: &str) -> Result<Vec<StoredEvent>> {
         let stream_name = stream_of_subject(subject_filter)?;
-        let Some(stream) = self.find_stream(stream_name).await? else {
+        let Some(messages) = self.read_stream(stream_name, subject_filter).await? else {
             return Ok(Vec::new());
         };
-        let messages = read_messages(&stream, subject_filter).await?;
         let ledger = self.ledger();
         messages
             .into_iter()
@@ -307,10 +309,9 @@ impl System {
     /// Every message in the dead-letter stream, described for a person (subject, headers
     /// and the start of the payload). Empty when the stream does not exist.
     pub async fn dead_letters(&self) -> Result<Vec<String>> {
-        let Some(stream) = self.find_stream(DLQ_STREAM).await? else {
+        let Some(messages) = self.read_stream(DLQ_STREAM, "").await? else {
             return Ok(Vec::new());
         };
-        let messages = read_messages(&stream, "").await?;
         Ok(messages
             .into_iter()
             .map(|(sequence, message)| {
@@ -333,6 +334,23 @@ impl System {
                 )
             })
             .collect())
+    }
+
+    /// [`read_messages`] of a stream, or `None` if the stream does not exist. Tried again for
+    /// a while on errors: on a cluster, a stream or its probe consumer has no leader for a
+    /// few seconds after a server is lost, and JetStream answers "no responders" meanwhile.
+    async fn read_stream(
+        &self,
+        name: &str,
+        subject_filter: &str,
+    ) -> Result<Option<Vec<(u64, async_nats::Message)>>> {
+        wait_for(format!("stream {name} to be read"), READ_RETRY, || async {
+            Ok(Check::Done(match self.find_stream(name).await? {
+                Some(stream) => Some(read_messages(&stream, subject_filter).await?),
+                None => None,
+            }))
+        })
+        .await
     }
 
     /// The stream, or `None` if no service has created it (yet).

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod databases;
+pub mod faults;
 pub mod gateway;
 pub mod invariants;
 pub mod jetstream;
@@ -15,4 +16,5 @@ pub mod logs;
 pub mod nats_server;
 pub mod polling;
 pub mod ports;
+pub mod postgres_server;
 pub mod system;

@@ -61,24 +61,49 @@ impl NatsServer {
             .tempdir()
             .context("failed to create a temporary directory for nats-server")?;
         let port = free_port()?;
-        let store = directory.path().join("jetstream");
-        let log_path = directory.path().join("nats-server.log");
-        let (stdout, stderr) = logs::open_for_child(&log_path, "nats-server")?;
+        let mut server = NatsServer {
+            process: None,
+            port,
+            directory,
+        };
+        server.spawn(binary, "nats-server")?;
+        server.wait_until_ready().await?;
+        Ok(server)
+    }
+
+    /// Starts the server process on this server's port and store, appending to its log.
+    fn spawn(&mut self, binary: &Path, banner: &str) -> Result<()> {
+        let store = self.directory.path().join("jetstream");
+        let (stdout, stderr) = logs::open_for_child(&self.log_path(), banner)?;
         let process = Command::new(binary)
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
             .arg(&store)
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
             .with_context(|| format!("failed to start {}", binary.display()))?;
-        let mut server = NatsServer {
-            process: Some(process),
-            port,
-            directory,
-        };
-        server.wait_until_ready().await?;
-        Ok(server)
+        self.process = Some(process);
+        Ok(())
+    }
+
+    /// Kills the server with SIGKILL, as a crash would, and starts it again on the same port
+    /// with the same store; returns once it answers a JetStream request again.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop();
+        let binary = nats_server_binary()?;
+        self.spawn(&binary, "nats-server (restarted on the same store)")?;
+        self.wait_until_ready().await.map_err(|error| match error {
+            StartError::PortTaken(message) => anyhow::anyhow!(message),
+            StartError::Other(error) => error,
+        })
     }
 
     async fn wait_until_ready(&mut self) -> Result<(), StartError> {

@@ -34,6 +34,15 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a service may take to exit after SIGTERM (it finishes in-flight messages).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
+/// The consumers' ack wait the harness gives every service (`CONSUMER_ACK_WAIT`): short, so
+/// redeliveries after a crash or a pause come quickly.
+pub const CONSUMER_ACK_WAIT: Duration = Duration::from_secs(2);
+
+/// The saga deadline the harness gives the order service (`ORDER_DEADLINE`): far beyond any
+/// test's own timeouts on a busy machine, so only the deadline tests, which set their own,
+/// should ever see an order run out of time.
+pub const ORDER_DEADLINE: Duration = Duration::from_secs(120);
+
 /// Each HTTP request of the harness; generous because 200 orders may be placed at once.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -417,11 +426,16 @@ impl System {
                 };
                 let log_path = system.logs.path().join(log_name);
                 logs::touch(&log_path)?;
-                // On a cluster each process is given one server to start from, spread so that the
-                // replicas of a service start from different servers; the client learns the
-                // others from the server and fails over to them. (A list, "nats://a,nats://b",
-                // would be better still, but the services' NATS client takes one URL.)
-                let nats_url = nats_urls[(service_index + replica) % nats_urls.len()].clone();
+                // On a cluster each process gets every server, starting from a different one
+                // per replica, so that replicas spread over the servers and fail over between
+                // them.
+                let first = (service_index + replica) % nats_urls.len();
+                let nats_url = nats_urls[first..]
+                    .iter()
+                    .chain(&nats_urls[..first])
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(",");
                 let mut environment = vec![
                     ("NATS_URL".to_owned(), nats_url),
                     (
@@ -434,11 +448,14 @@ impl System {
                     // The logs go to files: colour codes would only make them hard to read.
                     ("NO_COLOR".to_owned(), "1".to_owned()),
                     ("DB_MAX_CONNECTIONS".to_owned(), "4".to_owned()),
-                    // Redeliveries after a crash come quickly, so the crash test is quick.
-                    ("CONSUMER_ACK_WAIT".to_owned(), "2s".to_owned()),
-                    // Far beyond any test's own timeouts on a busy machine: only the deadline
-                    // tests, which set their own, should ever see an order run out of time.
-                    ("ORDER_DEADLINE".to_owned(), "120s".to_owned()),
+                    (
+                        "CONSUMER_ACK_WAIT".to_owned(),
+                        format!("{}s", CONSUMER_ACK_WAIT.as_secs()),
+                    ),
+                    (
+                        "ORDER_DEADLINE".to_owned(),
+                        format!("{}s", ORDER_DEADLINE.as_secs()),
+                    ),
                     (
                         "PAYMENT_GATEWAY_URL".to_owned(),
                         system.gateway.url().to_owned(),
@@ -635,12 +652,23 @@ impl System {
         }
     }
 
-    /// The name of a service's database.
+    /// Kills the (single) NATS server with SIGKILL and starts it again on the same port and
+    /// store, returning once it serves JetStream. On a cluster use [`System::nats_cluster`].
+    pub async fn restart_nats(&mut self) -> Result<()> {
+        match &mut self.nats {
+            Nats::Single(server) => server.restart().await,
+            Nats::Cluster(_) => {
+                anyhow::bail!("restart_nats is for one server; restart cluster nodes instead")
+            }
+        }
+    }
+
     /// The base URL of the payment gateway simulator.
     pub fn gateway_url(&self) -> &str {
         self.gateway.url()
     }
 
+    /// The name of a service's database.
     pub fn database_name(&self, service: Service) -> &str {
         &self.process(service).database
     }

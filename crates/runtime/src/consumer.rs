@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind, Message, consumer::pull, message::PublishMessage};
@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::database::is_transient;
 use crate::inbox;
+use crate::metrics::{Metrics, Processed};
 use crate::outbox::{Cause, Outbox};
 
 /// Headers a dead letter carries besides the original message's own.
@@ -86,6 +87,11 @@ pub trait Handler: Send + Sync + 'static {
         tx: &'a mut PgConnection,
         incoming: &'a Incoming,
     ) -> impl Future<Output = Result<Vec<Event>, HandlerError>> + Send + 'a;
+
+    /// Called once the transaction that applied `incoming` has committed, with the events it
+    /// wrote to the outbox: the place to count what really happened (metrics), since `handle`
+    /// may run again when its transaction is retried.
+    fn committed(&self, _incoming: &Incoming, _outgoing: &[Event]) {}
 }
 
 /// Tuning shared by every consumer of a service.
@@ -120,6 +126,7 @@ pub struct Consumer<H> {
     pub outbox: Outbox,
     pub handler: Arc<H>,
     pub options: ConsumerOptions,
+    pub metrics: Metrics,
 }
 
 impl<H> std::fmt::Debug for Consumer<H> {
@@ -131,7 +138,7 @@ impl<H> std::fmt::Debug for Consumer<H> {
 }
 
 enum Applied {
-    Fresh,
+    Fresh(Vec<Event>),
     Duplicate,
 }
 
@@ -213,12 +220,19 @@ impl<H: Handler> Consumer<H> {
 
     #[tracing::instrument(skip_all, fields(consumer = %self.name, subject = %message.subject))]
     async fn process(&self, message: Message) {
+        let started = Instant::now();
+        let outcome = self.process_delivery(&message).await;
+        self.metrics
+            .event_processed(&self.name, &message.subject, outcome, started.elapsed());
+    }
+
+    async fn process_delivery(&self, message: &Message) -> Processed {
         let delivery = message.info().map(|info| info.delivered).unwrap_or(1);
         let envelope = match Envelope::from_slice(&message.payload) {
             Ok(envelope) => envelope,
             Err(error) => {
                 return self
-                    .dead_letter(&message, delivery, &error.to_string())
+                    .dead_letter(message, delivery, &error.to_string())
                     .await;
             }
         };
@@ -226,7 +240,7 @@ impl<H: Handler> Consumer<H> {
             Ok(event) => event,
             Err(error) => {
                 return self
-                    .dead_letter(&message, delivery, &error.to_string())
+                    .dead_letter(message, delivery, &error.to_string())
                     .await;
             }
         };
@@ -248,25 +262,29 @@ impl<H: Handler> Consumer<H> {
             .await;
 
         match applied {
-            Ok(Applied::Fresh) => {
+            Ok(Applied::Fresh(outgoing)) => {
+                self.handler.committed(&incoming, &outgoing);
                 self.crash_if_asked(&incoming);
-                ack(&message, AckKind::Ack).await;
+                ack(message, AckKind::Ack).await;
+                Processed::Ok
             }
             Ok(Applied::Duplicate) => {
                 tracing::debug!(event_id = %incoming.envelope.id, "duplicate event ignored");
-                ack(&message, AckKind::Ack).await;
+                ack(message, AckKind::Ack).await;
+                Processed::Duplicate
             }
             Err(HandlerError::Permanent(reason)) => {
-                self.dead_letter(&message, delivery, &reason).await;
+                self.dead_letter(message, delivery, &reason).await
             }
             Err(HandlerError::Transient(error)) if delivery >= self.options.max_deliver => {
                 let reason = format!("gave up after {delivery} deliveries: {error:#}");
-                self.dead_letter(&message, delivery, &reason).await;
+                self.dead_letter(message, delivery, &reason).await
             }
             Err(HandlerError::Transient(error)) => {
                 let delay = redelivery_delay(delivery);
                 tracing::warn!(event_id = %incoming.envelope.id, delivery, ?delay, error = %format!("{error:#}"), "event not applied; will retry");
-                ack(&message, AckKind::Nak(Some(delay))).await;
+                ack(message, AckKind::Nak(Some(delay))).await;
+                Processed::Retried
             }
         }
     }
@@ -288,12 +306,12 @@ impl<H: Handler> Consumer<H> {
         // Only an Ok commit lets the caller ack: a lost connection during COMMIT leaves the
         // outcome unknown, and redelivery plus the inbox settle it.
         tx.commit().await?;
-        Ok(Applied::Fresh)
+        Ok(Applied::Fresh(outgoing))
     }
 
     /// Publishes the message to the DLQ stream with the reason, then terminates it. If the
     /// dead letter cannot be stored, the message is left for redelivery instead of lost.
-    async fn dead_letter(&self, message: &Message, delivery: i64, reason: &str) {
+    async fn dead_letter(&self, message: &Message, delivery: i64, reason: &str) -> Processed {
         let sequence = message
             .info()
             .map(|info| info.stream_sequence)
@@ -344,10 +362,12 @@ impl<H: Handler> Consumer<H> {
             Ok(()) => {
                 tracing::error!(reason = %single_line_reason, delivery, "message moved to the dead-letter stream");
                 ack(message, AckKind::Term).await;
+                Processed::DeadLettered
             }
             Err(error) => {
                 tracing::warn!(error = %format!("{error:#}"), "cannot store dead letter; leaving message for redelivery");
                 ack(message, AckKind::Nak(Some(redelivery_delay(delivery)))).await;
+                Processed::Retried
             }
         }
     }

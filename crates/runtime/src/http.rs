@@ -1,5 +1,5 @@
 //! HTTP basics every service shares: the JSON error type, a JSON body extractor whose
-//! rejections are JSON errors naming the problem, health endpoints and middleware.
+//! rejections are JSON errors naming the problem, health and metrics endpoints, middleware.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +19,7 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
 use crate::consumer::ConsumerHealth;
+use crate::metrics::{Scrape, serve_metrics, track_http};
 
 /// Largest request body any service accepts.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -147,10 +148,12 @@ async fn ready(State(readiness): State<Readiness>) -> Response {
     }
 }
 
-/// Adds the shared middleware and JSON fallbacks to a service's routes.
-pub fn finish(routes: Router, readiness: Readiness) -> Router {
+/// Adds `/metrics`, the shared middleware and JSON fallbacks to a service's routes.
+pub fn finish(routes: Router, readiness: Readiness, scrape: Scrape) -> Router {
+    let metrics = scrape.metrics.clone();
     routes
         .merge(health_routes(readiness))
+        .route("/metrics", get(serve_metrics).with_state(scrape))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(
@@ -159,4 +162,7 @@ pub fn finish(routes: Router, readiness: Readiness) -> Router {
         ))
         // Server errors are logged once, by `ApiError`; a 503 from /readyz is no failure.
         .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(Level::DEBUG)))
+        // Outermost, so a request cut off by the timeout is counted as the 408 it becomes.
+        // `Router::layer` wraps each route after routing, so the route template is known.
+        .layer(axum::middleware::from_fn_with_state(metrics, track_http))
 }

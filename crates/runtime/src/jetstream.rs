@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
+use backon::{ExponentialBuilder, Retryable};
 use events::streams::{Context, DLQ_PREFIX, DLQ_STREAM};
 use thiserror::Error;
 
@@ -31,10 +32,16 @@ pub enum JetStreamError {
 /// Connects to NATS, waiting for the server if it is not up yet (the service starts anyway
 /// and reports not ready until connected).
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, JetStreamError> {
+    // A cluster is given as a comma-separated list; the client fails over between them.
+    let servers: Vec<&str> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|server| !server.is_empty())
+        .collect();
     async_nats::ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()
-        .connect(url)
+        .connect(servers.as_slice())
         .await
         .map_err(|source| JetStreamError::Connect {
             url: url.to_owned(),
@@ -95,18 +102,30 @@ pub fn advisory_stream(replicas: usize) -> stream::Config {
     }
 }
 
-/// Creates the given streams if they do not exist; leaves existing ones as they are.
+/// Creates the given streams if they do not exist; leaves existing ones as they are. Retried
+/// with backoff for about a minute: on a cluster a stream may have no leader for a few
+/// seconds (an election, or several services creating replicated streams at once).
 pub async fn ensure_streams(
     jetstream: &jetstream::Context,
     configs: Vec<stream::Config>,
 ) -> Result<(), JetStreamError> {
     for config in configs {
         let name = config.name.clone();
-        jetstream
-            .get_or_create_stream(config)
+        (|| jetstream.get_or_create_stream(config.clone()))
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(200))
+                    .with_max_delay(Duration::from_secs(5))
+                    .with_total_delay(Some(Duration::from_secs(60)))
+                    .without_max_times()
+                    .with_jitter(),
+            )
+            .notify(|error, delay| {
+                tracing::warn!(stream = %name, %error, ?delay, "cannot create stream yet; retrying");
+            })
             .await
             .map_err(|source| JetStreamError::Stream {
-                stream: name,
+                stream: name.clone(),
                 source,
             })?;
     }

@@ -19,6 +19,8 @@ use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::metrics::Metrics;
+
 /// Rows claimed and published per relay round.
 const BATCH_SIZE: i64 = 256;
 
@@ -80,6 +82,8 @@ pub struct Relay {
     pub pool: PgPool,
     pub jetstream: jetstream::Context,
     pub poll_interval: Duration,
+    /// Counts every publish and its outcome.
+    pub metrics: Metrics,
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -184,6 +188,7 @@ impl Relay {
                 Err(error) => {
                     // Stop here: later rows would overtake this one. It stays pending.
                     tracing::warn!(%error, subject = %row.subject, "publish failed");
+                    self.metrics.event_published(&row.subject, false);
                     break;
                 }
             }
@@ -191,11 +196,22 @@ impl Relay {
         let ids: Vec<i64> = pending.iter().map(|(id, _)| *id).collect();
         let results = join_all(pending.into_iter().map(|(_, ack)| ack.into_future())).await;
         let mut acked = Vec::with_capacity(ids.len());
-        for (id, result) in ids.into_iter().zip(results) {
+        // One warning per round, not per row: during a leader election every row of a batch
+        // fails the same way, and all of them stay pending for the next round.
+        let mut not_acked = 0;
+        let mut last_error = None;
+        for ((id, result), row) in ids.into_iter().zip(results).zip(&rows) {
+            self.metrics.event_published(&row.subject, result.is_ok());
             match result {
                 Ok(_) => acked.push(id),
-                Err(error) => tracing::warn!(%error, outbox_id = id, "publish was not acked"),
+                Err(error) => {
+                    not_acked += 1;
+                    last_error = Some(error);
+                }
             }
+        }
+        if let Some(error) = last_error {
+            tracing::warn!(%error, not_acked, "publishes were not acked; the rows stay pending");
         }
 
         sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")

@@ -23,6 +23,7 @@ use crate::http::{Readiness, finish};
 use crate::jetstream::{
     advisory_stream, connect, context_stream, dead_letter_stream, ensure_streams,
 };
+use crate::metrics::{Metrics, Scrape};
 use crate::outbox::{Outbox, Relay};
 use crate::settings::{Identity, Settings};
 
@@ -35,6 +36,8 @@ pub struct Platform {
     pub nats: async_nats::Client,
     pub jetstream: jetstream::Context,
     pub outbox: Outbox,
+    /// The service's own registry; a service adds its series to it before `Service::build`.
+    pub metrics: Metrics,
 }
 
 impl Platform {
@@ -58,6 +61,7 @@ impl Platform {
             pool,
             nats,
             jetstream,
+            metrics: Metrics::new(),
         })
     }
 }
@@ -142,9 +146,12 @@ impl<H: Handler> Service<H> {
 
         let stop_consumers = CancellationToken::new();
         let consumers = TaskTracker::new();
+        let mut durable_consumers = Vec::new();
         for subscription in domain.subscriptions {
+            let name = Consumer::<H>::durable_name(platform.identity.name, subscription.stream);
+            durable_consumers.push((name.clone(), subscription.stream));
             let consumer = Consumer {
-                name: Consumer::<H>::durable_name(platform.identity.name, subscription.stream),
+                name,
                 subscription,
                 pool: platform.pool.clone(),
                 jetstream: platform.jetstream.clone(),
@@ -156,6 +163,7 @@ impl<H: Handler> Service<H> {
                     ack_wait: settings.consumer_ack_wait,
                     crash_after_commit: settings.fault_crash_after_commit.clone(),
                 },
+                metrics: platform.metrics.clone(),
             };
             consumers.spawn(consumer.run(stop_consumers.clone(), health.clone()));
         }
@@ -170,6 +178,7 @@ impl<H: Handler> Service<H> {
                 pool: platform.pool.clone(),
                 jetstream: platform.jetstream.clone(),
                 poll_interval: settings.outbox_poll_interval,
+                metrics: platform.metrics.clone(),
             }
             .run(stop_relay.clone()),
         );
@@ -181,6 +190,12 @@ impl<H: Handler> Service<H> {
                 pool: platform.pool.clone(),
                 nats: platform.nats.clone(),
                 consumers: health,
+            },
+            Scrape {
+                metrics: platform.metrics.clone(),
+                pool: platform.pool.clone(),
+                jetstream: platform.jetstream.clone(),
+                consumers: durable_consumers,
             },
         );
         tracing::info!(address = %listener.local_addr()?, "listening");

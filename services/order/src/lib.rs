@@ -5,6 +5,7 @@
 pub mod cancellation;
 pub mod domain;
 pub mod http;
+pub mod metrics;
 pub mod reactions;
 pub mod store;
 
@@ -44,6 +45,7 @@ pub struct Config {
 /// Connects, migrates and binds the order service, ready to run.
 pub async fn build(config: Config) -> anyhow::Result<Service<reactions::Reactions>> {
     let platform = Platform::connect(IDENTITY, config.runtime, &MIGRATIONS).await?;
+    let saga_metrics = metrics::SagaMetrics::register(&platform.metrics, platform.pool.clone());
     let routes = http::routes(http::AppState {
         pool: platform.pool.clone(),
         outbox: platform.outbox.clone(),
@@ -84,7 +86,9 @@ pub async fn build(config: Config) -> anyhow::Result<Service<reactions::Reaction
                 ],
             },
         ],
-        handler: reactions::Reactions,
+        handler: reactions::Reactions {
+            metrics: saga_metrics,
+        },
         workers: vec![deadline_timer],
     };
     Service::build(platform, domain).await

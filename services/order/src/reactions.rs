@@ -12,10 +12,13 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::domain::{self, Fact, Outcome, Reason};
+use crate::metrics::SagaMetrics;
 use crate::store::{self, CatalogueEntry};
 
-#[derive(Debug, Clone, Copy)]
-pub struct Reactions;
+#[derive(Debug, Clone)]
+pub struct Reactions {
+    pub metrics: SagaMetrics,
+}
 
 impl Handler for Reactions {
     async fn handle(
@@ -35,6 +38,12 @@ impl Handler for Reactions {
         match (fact_of(&incoming.event), incoming.event.order_id()) {
             (Some(fact), Some(order_id)) => advance(tx, order_id, fact, incoming).await,
             _ => Ok(vec![]),
+        }
+    }
+
+    fn committed(&self, _incoming: &Incoming, outgoing: &[Event]) {
+        for event in outgoing {
+            self.metrics.announced(event);
         }
     }
 }

@@ -85,7 +85,6 @@ async fn a_burst_survives_killed_replicas_and_a_killed_nats_server() -> anyhow::
     let options = SystemOptions {
         nats_servers: NATS_SERVERS,
         replicas: REPLICAS,
-        log_directory: Some("/tmp/cluster-inspect".into()),
         ..SystemOptions::default()
     };
     let mut system = System::start(options).await?;
@@ -155,12 +154,7 @@ async fn a_burst_survives_killed_replicas_and_a_killed_nats_server() -> anyhow::
         stuck
             .iter()
             .take(10)
-            .map(|order| format!(
-                "{} {} {:?}",
-                order.order_id,
-                order.status,
-                order.history_types()
-            ))
+            .cloned()
             .collect::<Vec<_>>()
             .join("\n")
     );
@@ -190,11 +184,11 @@ async fn place_wave(system: &System, wave: usize) -> anyhow::Result<Vec<(Uuid, P
 }
 
 /// Polls every order until all have ended or [`SETTLE`] passes; returns the ended ones by id
-/// and the last view of those that did not end.
+/// and, for each one that did not end, what was last seen of it.
 async fn wait_until_ended(
     system: &System,
     placed: &[(Uuid, Path)],
-) -> anyhow::Result<(HashMap<Uuid, OrderView>, Vec<OrderView>)> {
+) -> anyhow::Result<(HashMap<Uuid, OrderView>, Vec<String>)> {
     let deadline = Instant::now() + SETTLE;
     let mut ended: HashMap<Uuid, OrderView> = HashMap::new();
     loop {
@@ -203,16 +197,20 @@ async fn wait_until_ended(
             if ended.contains_key(order_id) {
                 continue;
             }
-            // A replica may be refusing connections for a moment; that is not an answer.
             match system.order(*order_id).await {
                 Ok(order) if order.is_terminal() => {
                     ended.insert(*order_id, order);
                 }
-                Ok(order) => stuck.push(order),
-                Err(_) => {}
+                Ok(order) => stuck.push(format!(
+                    "{order_id} {} {:?}",
+                    order.status,
+                    order.history_types()
+                )),
+                // A replica may refuse connections for a moment: not an answer, not an end.
+                Err(error) => stuck.push(format!("{order_id}: {error:#}")),
             }
         }
-        if ended.len() == placed.len() || Instant::now() >= deadline {
+        if stuck.is_empty() || Instant::now() >= deadline {
             return Ok((ended, stuck));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

@@ -46,6 +46,7 @@ async fn two_relays_publish_every_row_exactly_once() -> anyhow::Result<()> {
             pool,
             jetstream: jetstream.clone(),
             poll_interval: Duration::from_millis(50),
+            metrics: runtime::metrics::Metrics::new(),
         };
         relays.push(tokio::spawn(relay.run(stop.clone())));
     }
