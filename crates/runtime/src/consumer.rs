@@ -375,12 +375,8 @@ impl<H: Handler> Consumer<H> {
     fn crash_if_asked(&self, incoming: &Incoming) {
         if self.options.crash_after_commit.as_deref() == Some(incoming.envelope.event_type.as_str())
         {
-            tracing::warn!(event_id = %incoming.envelope.id, "fault injection: killing this process after commit, before ack");
-            // A real SIGKILL, from outside the process, as an operator or the OOM killer would.
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", &std::process::id().to_string()])
-                .status();
-            std::process::abort();
+            tracing::warn!(event_id = %incoming.envelope.id, "crashing after commit, before ack");
+            crate::fault::kill_this_process("after commit, before ack");
         }
     }
 }

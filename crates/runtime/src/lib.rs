@@ -7,6 +7,7 @@
 
 pub mod consumer;
 pub mod database;
+pub mod fault;
 pub mod http;
 pub mod inbox;
 pub mod jetstream;

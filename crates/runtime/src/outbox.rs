@@ -84,6 +84,8 @@ pub struct Relay {
     pub poll_interval: Duration,
     /// Counts every publish and its outcome.
     pub metrics: Metrics,
+    /// See `Settings::fault_crash_after_publish_ack`.
+    pub crash_after_publish_ack: Option<String>,
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -212,6 +214,12 @@ impl Relay {
         }
         if let Some(error) = last_error {
             tracing::warn!(%error, not_acked, "publishes were not acked; the rows stay pending");
+        }
+        if let Some(event_type) = &self.crash_after_publish_ack {
+            let prefix = format!("{event_type}.");
+            if rows.iter().any(|row| row.subject.starts_with(&prefix)) {
+                crate::fault::kill_this_process("after publish ack, before marking the outbox row");
+            }
         }
 
         sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")

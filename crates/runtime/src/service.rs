@@ -179,6 +179,7 @@ impl<H: Handler> Service<H> {
                 jetstream: platform.jetstream.clone(),
                 poll_interval: settings.outbox_poll_interval,
                 metrics: platform.metrics.clone(),
+                crash_after_publish_ack: settings.fault_crash_after_publish_ack.clone(),
             }
             .run(stop_relay.clone()),
         );

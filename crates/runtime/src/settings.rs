@@ -74,6 +74,11 @@ pub struct Settings {
     /// committing the handling of the first event of this type, before acking it.
     #[arg(long, env = "FAULT_CRASH_AFTER_COMMIT", hide = true)]
     pub fault_crash_after_commit: Option<String>,
+
+    /// Fault injection for the crash tests: the process kills itself with SIGKILL once the
+    /// outbox relay has a publish ack for an event of this type, before marking its row.
+    #[arg(long, env = "FAULT_CRASH_AFTER_PUBLISH_ACK", hide = true)]
+    pub fault_crash_after_publish_ack: Option<String>,
 }
 
 impl Settings {

@@ -1,6 +1,8 @@
 //! A crash between commit and ack: the payment service kills itself right after committing
 //! its handling of `inventory.reserved`, before acknowledging it. After a restart the
-//! message is redelivered, the inbox recognises it, and the customer is charged once.
+//! message is redelivered, the inbox recognises it, and the customer is charged once. And a
+//! crash between a publish ack and marking the outbox row: the row is published again after
+//! the restart, JetStream drops the copy by its message id, and the saga goes on once.
 
 use e2e::api::OrderRequest;
 use e2e::polling::SAGA_TIMEOUT;
@@ -58,6 +60,41 @@ async fn a_payment_crash_after_commit_before_ack_charges_exactly_once() -> anyho
         1,
         "payment.authorized published once: {authorizations:?}"
     );
+    system.check_invariants().await?;
+    system.shutdown().await
+}
+
+#[tokio::test]
+async fn an_order_crash_after_the_publish_ack_before_marking_the_row_publishes_once()
+-> anyhow::Result<()> {
+    let options = SystemOptions::default().with_env(
+        Service::Order,
+        "FAULT_CRASH_AFTER_PUBLISH_ACK",
+        "order.placed",
+    );
+    let mut system = System::start(options).await?;
+    system
+        .put_product_and_wait_catalogue("RELAY-MUG", "Mug", 500, 10)
+        .await?;
+
+    let order_id = system
+        .place_accepted_order(&OrderRequest::new("RELAY-MUG", 2))
+        .await?;
+    let crashed = system.wait_exit(Service::Order, SAGA_TIMEOUT).await?;
+    assert!(
+        !crashed.success(),
+        "the order service should have crashed, but it {}",
+        describe_exit(crashed)
+    );
+    system.restart(Service::Order, &[]).await?;
+    let order = system.wait_terminal(order_id, SAGA_TIMEOUT).await?;
+    assert_eq!(order.status, "completed", "{order:?}");
+
+    // The row was published twice, the stream kept it once.
+    let stored = system
+        .stored_events(&format!("order.placed.{order_id}"))
+        .await?;
+    assert_eq!(stored.len(), 1, "order.placed stored once: {stored:?}");
     system.check_invariants().await?;
     system.shutdown().await
 }

@@ -17,4 +17,5 @@ mod metrics;
 mod outbox_relay;
 mod redrive;
 mod saga_paths;
+mod startup;
 mod validation;

@@ -47,6 +47,7 @@ async fn two_relays_publish_every_row_exactly_once() -> anyhow::Result<()> {
             jetstream: jetstream.clone(),
             poll_interval: Duration::from_millis(50),
             metrics: runtime::metrics::Metrics::new(),
+            crash_after_publish_ack: None,
         };
         relays.push(tokio::spawn(relay.run(stop.clone())));
     }
