@@ -244,7 +244,9 @@ struct Round {
 /// Waits for the next notification; false when the listener is missing or broke.
 async fn wait_for_notification(listener: &mut Option<PgListener>) -> bool {
     match listener {
-        Some(listener) => listener.recv().await.is_ok(),
+        // `try_recv` (unlike `recv`) tells when the connection was lost: notifications sent
+        // meanwhile are gone, so the caller listens again and drains everything pending.
+        Some(listener) => matches!(listener.try_recv().await, Ok(Some(_))),
         None => std::future::pending().await,
     }
 }

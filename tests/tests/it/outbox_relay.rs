@@ -1,4 +1,4 @@
-//! The outbox relay with two replicas on one database: rows written while both relays run
+//! The outbox relay. With two replicas on one database: rows written while both relays run
 //! are each published exactly once (`FOR UPDATE SKIP LOCKED`), not merely stored once
 //! thanks to JetStream's dedup — a plain NATS subscriber counts every publish on the wire.
 
@@ -114,5 +114,85 @@ async fn two_relays_publish_every_row_exactly_once() -> anyhow::Result<()> {
         .state
         .messages;
     assert_eq!(stored, written.len() as u64);
+    Ok(())
+}
+
+/// LISTEN/NOTIFY is only a wake-up hint: when the listening connection is cut, rows written
+/// meanwhile are still published promptly (the relay listens again and drains everything),
+/// long before its timer poll would come round.
+#[tokio::test]
+async fn a_lost_listening_connection_is_replaced_and_nothing_waits_for_the_poll()
+-> anyhow::Result<()> {
+    let nats_server = NatsServer::start().await?;
+    let client = async_nats::connect(nats_server.url()).await?;
+    let jetstream = jetstream::new(client.clone());
+    ensure_streams(&jetstream, vec![context_stream(Context::Order, 1)]).await?;
+    let database = ScratchDatabase::create("listen", &Migrator::with_migrations(Vec::new())).await;
+    let relay_pool = PgPoolOptions::new()
+        .max_connections(3)
+        .connect(&database.url())
+        .await?;
+    let stop = CancellationToken::new();
+    let relay = tokio::spawn(
+        Relay {
+            pool: relay_pool,
+            jetstream: jetstream.clone(),
+            // Far beyond the test's patience: only a notification or a reconnect drains.
+            poll_interval: Duration::from_secs(3600),
+            metrics: runtime::metrics::Metrics::new(),
+            crash_after_publish_ack: None,
+        }
+        .run(stop.clone()),
+    );
+    let outbox = Outbox::new("listen-test");
+    let listeners = "SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND query ILIKE 'LISTEN%'";
+
+    for round in 0..2 {
+        wait_for("the relay to listen", SETTLE_TIMEOUT, || async {
+            let listening: i64 = sqlx::query_scalar(listeners)
+                .fetch_one(&database.pool)
+                .await?;
+            Ok(if listening > 0 {
+                Check::Done(())
+            } else {
+                Check::NotYet("no LISTEN connection".into())
+            })
+        })
+        .await?;
+        if round == 1 {
+            // Cut the listening connection, as a failover or an administrator would.
+            sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+            )
+            .execute(&database.pool)
+            .await?;
+        }
+        let mut tx = database.pool.begin().await?;
+        let event = Event::OrderCompleted(OrderCompleted {
+            order_id: Uuid::now_v7(),
+        });
+        outbox.enqueue(&mut tx, &event, None).await?;
+        tx.commit().await?;
+        wait_for(
+            format!("round {round} to be published"),
+            SETTLE_TIMEOUT,
+            || async {
+                let pending: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                        .fetch_one(&database.pool)
+                        .await?;
+                Ok(if pending == 0 {
+                    Check::Done(())
+                } else {
+                    Check::NotYet(format!("{pending} pending"))
+                })
+            },
+        )
+        .await?;
+    }
+    stop.cancel();
+    relay.await?;
     Ok(())
 }
