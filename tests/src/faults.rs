@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -617,7 +618,8 @@ impl fmt::Display for Verdict {
 impl Verdict {
     /// Prints the one line, then fails listing every stuck order and violation, if any.
     pub fn print_and_check(&self) -> Result<()> {
-        println!("{self}");
+        // Straight to stdout, past the test harness's capture, so that every run shows it.
+        writeln!(std::io::stdout(), "{self}")?;
         if self.stuck.is_empty() && self.violations.is_empty() {
             return Ok(());
         }

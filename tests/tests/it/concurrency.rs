@@ -1,6 +1,7 @@
 //! Many customers racing for scarce stock: 200 orders of one unit for 50 units on hand.
 //! Exactly 50 complete, the rest are rejected, and the shelf ends empty with nothing held.
 
+use std::io::Write as _;
 use std::time::Duration;
 
 use e2e::api::OrderRequest;
@@ -63,6 +64,10 @@ async fn two_hundred_orders_for_fifty_units_complete_exactly_fifty() -> anyhow::
         (0, 0, 0)
     );
     // Stuck orders or violations fail the assertions above; reaching here means none.
-    println!("last_units: {ORDERS} orders, 0 faults, 0 stuck, 0 violations (I1..I6)");
+    // Straight to stdout, past the test harness's capture, so that every run shows it.
+    writeln!(
+        std::io::stdout(),
+        "last_units: {ORDERS} orders, 0 faults, 0 stuck, 0 violations (I1..I6)"
+    )?;
     system.shutdown().await
 }
