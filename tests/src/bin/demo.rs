@@ -135,6 +135,11 @@ fn describe_system(system: &System) {
             system.log_path(service).display()
         );
     }
+    println!(
+        "{:<14}{}   (faults: PUT /control, counts: GET /stats)",
+        "gateway",
+        system.gateway_url()
+    );
     println!("databases demo_<service> on the local Postgres, recreated at start");
 }
 
@@ -371,6 +376,7 @@ fn print_try_it_yourself(happy_order: Option<Uuid>) {
     println!("  curl -s localhost:8082/payments/{order}");
     println!("  curl -s localhost:8083/shipments/{order}");
     println!("  curl -s 'localhost:8084/notifications?order_id={order}'");
+    println!("  curl -s -X POST localhost:8080/orders/{order}/cancel   # 409: it is completed");
     println!(
         "  curl -si localhost:8080/orders -H 'content-type: application/json' -d \
          '{{\"customer_id\":\"c-9\",\"email\":\"c9@example.com\",\"items\":[{{\"sku\":\"DEMO-MUG\",\"quantity\":1}}],\
