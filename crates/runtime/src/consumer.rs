@@ -154,9 +154,15 @@ impl<H: Handler> Consumer<H> {
         health.expected.fetch_add(1, Ordering::SeqCst);
         let mut backoff = restart_backoff();
         while !stop.is_cancelled() {
-            match self.consume(&stop, &health).await {
+            let mut consumed = false;
+            match self.consume(&stop, &health, &mut consumed).await {
                 Ok(()) => break,
                 Err(error) => {
+                    // A consumer that had been running failed afresh: start the backoff over,
+                    // so one bad hour does not slow every later recovery to the cap.
+                    if consumed {
+                        backoff = restart_backoff();
+                    }
                     let delay = backoff.next().unwrap_or(Duration::from_secs(5));
                     tracing::warn!(consumer = %self.name, error = %format!("{error:#}"), ?delay, "consumer failed; recreating it");
                     tokio::select! {
@@ -172,6 +178,7 @@ impl<H: Handler> Consumer<H> {
         &self,
         stop: &CancellationToken,
         health: &ConsumerHealth,
+        consumed: &mut bool,
     ) -> anyhow::Result<()> {
         let stream = self
             .jetstream
@@ -204,6 +211,7 @@ impl<H: Handler> Consumer<H> {
             .await?;
 
         health.running.fetch_add(1, Ordering::SeqCst);
+        *consumed = true;
         tracing::info!(consumer = %self.name, "consuming");
         // Stop pulling when asked; messages already taken finish before this returns.
         let result = messages
