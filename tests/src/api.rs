@@ -562,32 +562,32 @@ impl System {
             .collect()
     }
 
-    /// `GET /payments/{order_id}`; `None` if payment never heard of the order.
-    pub async fn payment(&self, order_id: Uuid) -> Result<Option<Payment>> {
-        let response = self
-            .get(Service::Payment, &format!("/payments/{order_id}"))
-            .await?;
+    /// `GET path` answered 200 with JSON, or `None` for a 404.
+    async fn get_optional<T: DeserializeOwned>(
+        &self,
+        service: Service,
+        path: &str,
+    ) -> Result<Option<T>> {
+        let response = self.get(service, path).await?;
         if response.status == 404 {
             return Ok(None);
         }
         response
             .json(200)
             .map(Some)
-            .with_context(|| format!("GET /payments/{order_id}"))
+            .with_context(|| format!("GET {path}"))
+    }
+
+    /// `GET /payments/{order_id}`; `None` if payment never heard of the order.
+    pub async fn payment(&self, order_id: Uuid) -> Result<Option<Payment>> {
+        self.get_optional(Service::Payment, &format!("/payments/{order_id}"))
+            .await
     }
 
     /// `GET /shipments/{order_id}`; `None` if fulfillment never heard of the order.
     pub async fn shipment(&self, order_id: Uuid) -> Result<Option<Shipment>> {
-        let response = self
-            .get(Service::Fulfillment, &format!("/shipments/{order_id}"))
-            .await?;
-        if response.status == 404 {
-            return Ok(None);
-        }
-        response
-            .json(200)
-            .map(Some)
-            .with_context(|| format!("GET /shipments/{order_id}"))
+        self.get_optional(Service::Fulfillment, &format!("/shipments/{order_id}"))
+            .await
     }
 
     /// `GET /notifications?order_id=`.
