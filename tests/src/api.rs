@@ -118,6 +118,9 @@ pub struct OrderView {
     pub reason: Option<String>,
     pub items: Vec<OrderItemView>,
     pub total_cents: i64,
+    /// The saga's trace; null unless the services export traces.
+    #[serde(default)]
+    pub trace_id: Option<String>,
     pub history: Vec<HistoryEntry>,
 }
 

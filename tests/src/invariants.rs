@@ -405,6 +405,7 @@ mod tests {
                 unit_price_cents: 500,
             }],
             total_cents: 1000,
+            trace_id: None,
             history: history
                 .iter()
                 .map(|event_type| HistoryEntry {

@@ -14,6 +14,7 @@ pub mod invariants;
 pub mod jetstream;
 pub mod logs;
 pub mod nats_server;
+pub mod otlp;
 pub mod polling;
 pub mod ports;
 pub mod postgres_server;

@@ -98,6 +98,12 @@ impl NatsServer {
     /// with the same store; returns once it answers a JetStream request again.
     pub async fn restart(&mut self) -> Result<()> {
         self.stop();
+        self.start_again().await
+    }
+
+    /// Starts a stopped server again on the same port with the same store; returns once it
+    /// answers a JetStream request.
+    pub async fn start_again(&mut self) -> Result<()> {
         let binary = nats_server_binary()?;
         self.spawn(&binary, "nats-server (restarted on the same store)")?;
         self.wait_until_ready().await.map_err(|error| match error {

@@ -663,6 +663,30 @@ impl System {
         }
     }
 
+    /// Kills the (single) NATS server, leaving it down until [`System::start_nats`]: an
+    /// outage of the broker alone.
+    pub fn stop_nats(&mut self) -> Result<()> {
+        match &mut self.nats {
+            Nats::Single(server) => {
+                server.stop();
+                Ok(())
+            }
+            Nats::Cluster(_) => {
+                anyhow::bail!("stop_nats is for one server; kill cluster nodes instead")
+            }
+        }
+    }
+
+    /// Starts the NATS server stopped by [`System::stop_nats`] on the same port and store.
+    pub async fn start_nats(&mut self) -> Result<()> {
+        match &mut self.nats {
+            Nats::Single(server) => server.start_again().await,
+            Nats::Cluster(_) => {
+                anyhow::bail!("start_nats is for one server; restart cluster nodes instead")
+            }
+        }
+    }
+
     /// The base URL of the payment gateway simulator.
     pub fn gateway_url(&self) -> &str {
         self.gateway.url()

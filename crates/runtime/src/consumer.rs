@@ -16,11 +16,13 @@ use futures::{StreamExt, TryStreamExt};
 use sqlx::{PgConnection, PgPool};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, Span};
 
-use crate::database::is_transient;
+use crate::database::{self, is_transient};
 use crate::inbox;
 use crate::metrics::{Metrics, Processed};
 use crate::outbox::{Cause, Outbox};
+use crate::telemetry::{self, NatsHeadersRef};
 
 /// Headers a dead letter carries besides the original message's own.
 pub mod dead_letter_headers {
@@ -226,12 +228,37 @@ impl<H: Handler> Consumer<H> {
         result
     }
 
-    #[tracing::instrument(skip_all, fields(consumer = %self.name, subject = %message.subject))]
     async fn process(&self, message: Message) {
         let started = Instant::now();
-        let outcome = self.process_delivery(&message).await;
+        let span = self.process_span(&message);
+        let outcome = self.process_delivery(&message).instrument(span).await;
         self.metrics
             .event_processed(&self.name, &message.subject, outcome, started.elapsed());
+    }
+
+    /// A CONSUMER span per delivery, following the OpenTelemetry messaging conventions: the
+    /// span that published the message is its parent and also its link.
+    fn process_span(&self, message: &Message) -> Span {
+        let template = telemetry::subject_template(&message.subject);
+        let span = tracing::info_span!(
+            "process",
+            otel.name = %format_args!("process {template}"),
+            otel.kind = "consumer",
+            otel.status_code = tracing::field::Empty,
+            messaging.system = "nats",
+            messaging.operation.type = "process",
+            messaging.destination.name = %message.subject,
+            messaging.destination.template = %template,
+            messaging.consumer.group.name = %self.name,
+            messaging.message.id = tracing::field::Empty,
+            messaging.message.delivery_count = tracing::field::Empty,
+            order.id = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
+        if let Some(headers) = &message.headers {
+            telemetry::set_remote_parent(&span, telemetry::extract(&NatsHeadersRef(headers)), true);
+        }
+        span
     }
 
     async fn process_delivery(&self, message: &Message) -> Processed {
@@ -252,6 +279,12 @@ impl<H: Handler> Consumer<H> {
                     .await;
             }
         };
+        let span = Span::current();
+        span.record("messaging.message.id", tracing::field::display(envelope.id));
+        span.record("messaging.message.delivery_count", delivery);
+        if let Some(order_id) = event.order_id() {
+            span.record("order.id", tracing::field::display(order_id));
+        }
         let incoming = Incoming {
             subject: message.subject.to_string(),
             envelope,
@@ -267,6 +300,9 @@ impl<H: Handler> Consumer<H> {
                     .with_jitter(),
             )
             .when(HandlerError::is_retryable_now)
+            .notify(|error, delay| {
+                tracing::info!(error = %format!("{error:#}"), ?delay, "transaction failed; retrying it now");
+            })
             .await;
 
         match applied {
@@ -299,6 +335,12 @@ impl<H: Handler> Consumer<H> {
 
     /// The inbox row, the handler's effect and its outgoing events, in one transaction.
     async fn apply(&self, incoming: &Incoming) -> Result<Applied, HandlerError> {
+        self.apply_in_transaction(incoming)
+            .instrument(database::transaction_span(&self.pool, "apply event"))
+            .await
+    }
+
+    async fn apply_in_transaction(&self, incoming: &Incoming) -> Result<Applied, HandlerError> {
         let mut tx = self.pool.begin().await?;
         if !inbox::record(&mut tx, &self.name, incoming.envelope.id).await? {
             return Ok(Applied::Duplicate);
@@ -368,6 +410,9 @@ impl<H: Handler> Consumer<H> {
         };
         match stored {
             Ok(()) => {
+                let span = Span::current();
+                span.record("otel.status_code", "ERROR");
+                span.record("error.type", "dead_lettered");
                 tracing::error!(reason = %single_line_reason, delivery, "message moved to the dead-letter stream");
                 ack(message, AckKind::Term).await;
                 Processed::DeadLettered

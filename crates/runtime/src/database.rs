@@ -77,6 +77,21 @@ fn is_duplicate_database(error: &sqlx::Error) -> bool {
     )
 }
 
+/// A CLIENT span around one database transaction, named for what it does (`apply event`), so
+/// database work shows in the saga's trace. Statement text is left out: it carries no
+/// business meaning here and could carry customer data.
+pub fn transaction_span(pool: &PgPool, summary: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "transaction",
+        otel.name = %format_args!("postgresql {summary}"),
+        otel.kind = "client",
+        db.system.name = "postgresql",
+        db.namespace = pool.connect_options().get_database().unwrap_or_default(),
+        db.operation.name = "transaction",
+        db.query.summary = summary,
+    )
+}
+
 /// True for errors where running the whole transaction again may succeed: serialization
 /// failures, deadlocks, an administrator shutdown, a lost connection or an exhausted pool.
 pub fn is_transient(error: &sqlx::Error) -> bool {

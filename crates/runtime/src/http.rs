@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::{FromRequest, MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -16,10 +16,11 @@ use sqlx::PgPool;
 use thiserror::Error;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
-use tracing::Level;
+use tracing::{Level, Span};
 
 use crate::consumer::ConsumerHealth;
 use crate::metrics::{Scrape, serve_metrics, track_http};
+use crate::telemetry;
 
 /// Largest request body any service accepts.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -161,8 +162,56 @@ pub fn finish(routes: Router, readiness: Readiness, scrape: Scrape) -> Router {
             Duration::from_secs(10),
         ))
         // Server errors are logged once, by `ApiError`; a 503 from /readyz is no failure.
-        .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(Level::DEBUG)))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_response(record_status)
+                .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
+        )
         // Outermost, so a request cut off by the timeout is counted as the 408 it becomes.
         // `Router::layer` wraps each route after routing, so the route template is known.
         .layer(axum::middleware::from_fn_with_state(metrics, track_http))
+}
+
+/// Probes and scrapes every few seconds would bury the sagas' traces; they get no span.
+const UNTRACED_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+/// A SERVER span per request, named `<method> <route>`, continuing the caller's trace when
+/// the request carries W3C `traceparent`.
+fn request_span<B>(request: &axum::http::Request<B>) -> Span {
+    let path = request.uri().path();
+    if UNTRACED_PATHS.contains(&path) {
+        return Span::none();
+    }
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str);
+    let method = request.method();
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %method,
+        http.route = route,
+        url.path = path,
+        http.response.status_code = tracing::field::Empty,
+    );
+    telemetry::set_remote_parent(
+        &span,
+        telemetry::extract(&telemetry::HttpHeaders(request.headers())),
+        false,
+    );
+    span
+}
+
+fn record_status<B>(response: &axum::http::Response<B>, _latency: Duration, span: &Span) {
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    // Per the HTTP conventions a server span is an error for 5xx only: a 4xx is the
+    // client's mistake, answered correctly.
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
 }

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::header::CONTENT_TYPE;
+use axum::http::HeaderMap;
+use axum::http::header::{ACCEPT, CONTENT_TYPE};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use events::streams::{Context, DLQ_PREFIX, DLQ_STREAM};
@@ -288,13 +289,23 @@ impl Metrics {
     }
 
     /// The series in the Prometheus text format (0.0.4).
+    /// Every series in the OpenMetrics text format, exemplars included.
+    pub fn encode_openmetrics(&self) -> String {
+        self.encode_with(prometheus_client::encoding::text::encode)
+    }
+
+    /// Every series in the classic Prometheus text format.
     pub fn encode(&self) -> String {
+        self.encode_with(prometheus_text::encode)
+    }
+
+    fn encode_with(&self, encode: fn(&mut String, &Registry) -> std::fmt::Result) -> String {
         let mut text = String::new();
         let registry = self
             .registry
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Err(error) = prometheus_text::encode(&mut text, &registry) {
+        if let Err(error) = encode(&mut text, &registry) {
             // Only a failing writer errors, and a String never fails; keep what we have.
             let _ = writeln!(text, "# encoding failed: {error}");
         }
@@ -321,15 +332,35 @@ pub struct Scrape {
     pub consumers: Vec<(String, Context)>,
 }
 
-/// `GET /metrics`: refresh the scrape-time gauges, then encode every series.
-pub async fn serve_metrics(State(scrape): State<Scrape>) -> Response {
+/// `GET /metrics`: refresh the scrape-time gauges, then encode every series: as OpenMetrics
+/// when the scraper accepts it (Prometheus does), which carries the exemplars that link a
+/// saga duration to its trace; otherwise as the classic Prometheus text format.
+pub async fn serve_metrics(State(scrape): State<Scrape>, headers: HeaderMap) -> Response {
     scrape.refresh().await;
-    (
-        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        scrape.metrics.encode(),
-    )
-        .into_response()
+    let openmetrics = headers
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|accept| accept.contains(OPENMETRICS));
+    if openmetrics {
+        (
+            [(
+                CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            scrape.metrics.encode_openmetrics(),
+        )
+            .into_response()
+    } else {
+        (
+            [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            scrape.metrics.encode(),
+        )
+            .into_response()
+    }
 }
+
+const OPENMETRICS: &str = "application/openmetrics-text";
 
 impl Scrape {
     async fn refresh(&self) {

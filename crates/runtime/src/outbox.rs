@@ -17,9 +17,11 @@ use futures::future::join_all;
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, Span};
 use uuid::Uuid;
 
 use crate::metrics::Metrics;
+use crate::telemetry;
 
 /// Rows claimed and published per relay round.
 const BATCH_SIZE: i64 = 256;
@@ -66,12 +68,18 @@ impl Outbox {
                 causationid,
             },
         );
-        sqlx::query("INSERT INTO outbox (event_id, subject, payload) VALUES ($1, $2, $3)")
-            .bind(envelope.id)
-            .bind(event.subject())
-            .bind(envelope.to_vec())
-            .execute(tx)
-            .await?;
+        // The trace context of the work that wrote the event travels with the row, so the
+        // relay's publish, however late, joins the trace of what caused it.
+        let headers = telemetry::context_headers(&Span::current());
+        sqlx::query(
+            "INSERT INTO outbox (event_id, subject, payload, headers) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(envelope.id)
+        .bind(event.subject())
+        .bind(envelope.to_vec())
+        .bind(sqlx::types::Json(headers))
+        .execute(tx)
+        .await?;
         Ok(envelope)
     }
 }
@@ -173,40 +181,57 @@ impl Relay {
         }
 
         // Send every publish before awaiting any ack, so the batch costs one round trip.
-        let mut pending: Vec<(i64, PublishAckFuture)> = Vec::with_capacity(rows.len());
+        let mut pending: Vec<(i64, Span, PublishAckFuture)> = Vec::with_capacity(rows.len());
         for row in &rows {
-            let mut message = PublishMessage::build()
-                .payload(row.payload.clone().into())
-                .message_id(row.event_id.to_string());
+            let span = publish_span(row);
+            let mut headers = async_nats::HeaderMap::new();
             for (name, value) in row.headers.iter() {
-                message = message.header(name.as_str(), value.as_str());
+                headers.insert(name.as_str(), value.as_str());
             }
-            match self
+            // The consumer's parent is this publish, not the transaction that wrote the row.
+            inject_context(&span, &mut headers);
+            // Headers first: `headers` replaces the whole map, the dedup id included.
+            let message = PublishMessage::build()
+                .payload(row.payload.clone().into())
+                .headers(headers)
+                .message_id(row.event_id.to_string());
+            let sent = self
                 .jetstream
                 .send_publish(row.subject.clone(), message)
-                .await
-            {
-                Ok(ack) => pending.push((row.id, ack)),
+                .instrument(span.clone())
+                .await;
+            match sent {
+                Ok(ack) => pending.push((row.id, span, ack)),
                 Err(error) => {
                     // Stop here: later rows would overtake this one. It stays pending.
-                    tracing::warn!(%error, subject = %row.subject, "publish failed");
+                    span.in_scope(
+                        || tracing::warn!(%error, subject = %row.subject, "publish failed"),
+                    );
+                    span.record("otel.status_code", "ERROR");
                     self.metrics.event_published(&row.subject, false);
                     break;
                 }
             }
         }
-        let ids: Vec<i64> = pending.iter().map(|(id, _)| *id).collect();
-        let results = join_all(pending.into_iter().map(|(_, ack)| ack.into_future())).await;
+        let (ids, spans): (Vec<i64>, Vec<Span>) = pending
+            .iter()
+            .map(|(id, span, _)| (*id, span.clone()))
+            .unzip();
+        let results = join_all(pending.into_iter().map(|(_, _, ack)| ack.into_future())).await;
         let mut acked = Vec::with_capacity(ids.len());
         // One warning per round, not per row: during a leader election every row of a batch
         // fails the same way, and all of them stay pending for the next round.
         let mut not_acked = 0;
         let mut last_error = None;
-        for ((id, result), row) in ids.into_iter().zip(results).zip(&rows) {
+        for (((id, result), row), span) in ids.into_iter().zip(results).zip(&rows).zip(spans) {
             self.metrics.event_published(&row.subject, result.is_ok());
             match result {
                 Ok(_) => acked.push(id),
                 Err(error) => {
+                    span.in_scope(
+                        || tracing::warn!(%error, "publish not acked; the row stays pending"),
+                    );
+                    span.record("otel.status_code", "ERROR");
                     not_acked += 1;
                     last_error = Some(error);
                 }
@@ -232,6 +257,30 @@ impl Relay {
             claimed: rows.len() as i64,
             published: acked.len() as i64,
         })
+    }
+}
+
+/// A PRODUCER span per published row, a child of the work that wrote the row.
+fn publish_span(row: &PendingRow) -> Span {
+    let template = telemetry::subject_template(&row.subject);
+    let span = tracing::info_span!(
+        "publish",
+        otel.name = %format_args!("publish {template}"),
+        otel.kind = "producer",
+        otel.status_code = tracing::field::Empty,
+        messaging.system = "nats",
+        messaging.operation.type = "send",
+        messaging.destination.name = %row.subject,
+        messaging.destination.template = %template,
+        messaging.message.id = %row.event_id,
+    );
+    telemetry::set_remote_parent(&span, telemetry::extract(&row.headers.0), false);
+    span
+}
+
+fn inject_context(span: &Span, headers: &mut async_nats::HeaderMap) {
+    for (name, value) in telemetry::context_headers(span) {
+        headers.insert(name.as_str(), value.as_str());
     }
 }
 

@@ -25,7 +25,8 @@ use crate::jetstream::{
 };
 use crate::metrics::{Metrics, Scrape};
 use crate::outbox::{Outbox, Relay};
-use crate::settings::{Identity, Settings};
+use crate::settings::{Identity, LogFormat, Settings};
+use crate::telemetry;
 
 /// The connected infrastructure a service builds its routes and handler from.
 #[derive(Debug, Clone)]
@@ -239,6 +240,22 @@ impl<H: Handler> Service<H> {
         tracing::info!("stopped");
         result
     }
+}
+
+/// The whole of a service binary's `main`: telemetry first, then build the service and run it
+/// until SIGTERM or Ctrl-C, then flush the last spans.
+pub async fn run_binary<H: Handler>(
+    log_format: LogFormat,
+    identity: Identity,
+    service: impl Future<Output = anyhow::Result<Service<H>>>,
+) -> anyhow::Result<()> {
+    let telemetry = telemetry::init(log_format, identity.name);
+    let result = match service.await {
+        Ok(service) => service.run_until_stopped(shutdown_signal()).await,
+        Err(error) => Err(error),
+    };
+    telemetry.shutdown();
+    result
 }
 
 /// Completes on SIGTERM or Ctrl-C.

@@ -3,9 +3,11 @@
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = runtime::settings::Settings::from_env();
-    runtime::telemetry::init(settings.log_format);
-    let service = fulfillment::build(settings).await?;
-    service
-        .run_until_stopped(runtime::service::shutdown_signal())
-        .await
+    let log_format = settings.log_format;
+    runtime::service::run_binary(
+        log_format,
+        fulfillment::IDENTITY,
+        fulfillment::build(settings),
+    )
+    .await
 }

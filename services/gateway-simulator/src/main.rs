@@ -5,7 +5,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = gateway_simulator::Config::parse();
-    runtime::telemetry::init(config.log_format);
+    let _telemetry = runtime::telemetry::init(config.log_format, "gateway-simulator");
     let simulator = gateway_simulator::Simulator::bind(config).await?;
     simulator
         .run_until_stopped(runtime::service::shutdown_signal())

@@ -3,9 +3,6 @@
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = runtime::settings::Settings::from_env();
-    runtime::telemetry::init(settings.log_format);
-    let service = inventory::build(settings).await?;
-    service
-        .run_until_stopped(runtime::service::shutdown_signal())
-        .await
+    let log_format = settings.log_format;
+    runtime::service::run_binary(log_format, inventory::IDENTITY, inventory::build(settings)).await
 }

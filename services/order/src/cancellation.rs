@@ -9,6 +9,7 @@ use chrono::Utc;
 use runtime::outbox::{Cause, Outbox};
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::domain::{self, AlreadyFinished, Cancellation, Status};
@@ -50,7 +51,18 @@ pub async fn cancel(
             correlationid: order_id.to_string(),
             causationid: None,
         };
-        outbox.enqueue(tx, &event, Some(&cause)).await?;
+        // The cancellation belongs to the saga's trace, whoever asked for it.
+        let span = tracing::info_span!(
+            "cancel order",
+            order.id = %order_id,
+            cancellation = ?cancellation,
+        );
+        let traceparent = store::traceparent(tx, order_id).await?;
+        runtime::telemetry::join_stored_trace(&span, traceparent.as_deref());
+        outbox
+            .enqueue(tx, &event, Some(&cause))
+            .instrument(span)
+            .await?;
         store::record_history(tx, order_id, event.event_type(), Utc::now()).await?;
         tracing::info!(%order_id, ?cancellation, "cancellation requested");
     }

@@ -60,7 +60,7 @@ fn accepted(order_id: Uuid, status: &str) -> Response {
     response
 }
 
-#[tracing::instrument(skip_all, fields(order_id))]
+#[tracing::instrument(skip_all, fields(order.id))]
 async fn place_order(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -72,7 +72,7 @@ async fn place_order(
     domain::validate(&request)?;
 
     let order_id = Uuid::now_v7();
-    tracing::Span::current().record("order_id", tracing::field::display(order_id));
+    tracing::Span::current().record("order.id", tracing::field::display(order_id));
     let mut tx = state.pool.begin().await?;
     if let Some(key) = &idempotency_key {
         match store::claim_idempotency_key(&mut tx, key, &body, order_id).await? {
@@ -96,7 +96,15 @@ async fn place_order(
     let prices = store::prices(&mut tx, &skus).await?;
     let order = domain::price(&request, &prices)?;
 
-    store::insert_order(&mut tx, order_id, &order, state.deadline).await?;
+    let traceparent = runtime::telemetry::traceparent(&tracing::Span::current());
+    store::insert_order(
+        &mut tx,
+        order_id,
+        &order,
+        state.deadline,
+        traceparent.as_deref(),
+    )
+    .await?;
     let event = Event::OrderPlaced(OrderPlaced {
         order_id,
         customer_id: order.customer_id.clone(),
@@ -169,7 +177,7 @@ async fn get_order(
 
 /// `202` while the order can still be undone (again `202` while it is being undone), `409`
 /// once it is terminal.
-#[tracing::instrument(skip_all, fields(order_id = %order_id))]
+#[tracing::instrument(skip_all, fields(order.id = %order_id))]
 async fn cancel_order(
     State(state): State<AppState>,
     Path(order_id): Path<String>,

@@ -3,6 +3,7 @@
 //! deadline, and keeps its own catalogue read model.
 
 pub mod cancellation;
+pub mod dashboard;
 pub mod domain;
 pub mod http;
 pub mod metrics;
@@ -40,6 +41,11 @@ pub struct Config {
     /// How often the deadline timer looks for overdue orders.
     #[arg(long, env = "ORDER_DEADLINE_SWEEP", default_value = "500ms", value_parser = humantime::parse_duration)]
     pub deadline_sweep: Duration,
+
+    /// The trace viewer the saga overview (`GET /dashboard`) links each order to, as
+    /// `<url>/trace/<trace id>`; Jaeger's UI by default.
+    #[arg(long, env = "TRACE_UI_URL", default_value = "http://localhost:16686")]
+    pub trace_ui_url: String,
 }
 
 /// Connects, migrates and binds the order service, ready to run.
@@ -50,7 +56,11 @@ pub async fn build(config: Config) -> anyhow::Result<Service<reactions::Reaction
         pool: platform.pool.clone(),
         outbox: platform.outbox.clone(),
         deadline: config.deadline,
-    });
+    })
+    .merge(dashboard::routes(
+        platform.pool.clone(),
+        config.trace_ui_url,
+    ));
     let (pool, outbox) = (platform.pool.clone(), platform.outbox.clone());
     let deadline_timer: Worker = Box::new(move |stop| {
         Box::pin(cancellation::sweep_deadlines(

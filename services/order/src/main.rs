@@ -5,9 +5,6 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = order::Config::parse();
-    runtime::telemetry::init(config.runtime.log_format);
-    let service = order::build(config).await?;
-    service
-        .run_until_stopped(runtime::service::shutdown_signal())
-        .await
+    let log_format = config.runtime.log_format;
+    runtime::service::run_binary(log_format, order::IDENTITY, order::build(config)).await
 }

@@ -9,9 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use events::Event;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use runtime::metrics::Metrics;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -42,15 +42,24 @@ struct StatusLabels {
     status: &'static str,
 }
 
-fn saga_histogram() -> Histogram {
-    Histogram::new(SAGA_BUCKETS)
+/// The exemplar of a saga duration: the saga's trace, so a dashboard leads from a slow
+/// bucket to one trace that landed in it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TraceExemplar {
+    trace_id: String,
+}
+
+type SagaHistogram = HistogramWithExemplars<TraceExemplar>;
+
+fn saga_histogram() -> SagaHistogram {
+    HistogramWithExemplars::new(SAGA_BUCKETS.into_iter())
 }
 
 /// The saga series, registered in the service's registry.
 #[derive(Debug, Clone)]
 pub struct SagaMetrics {
     outcomes: Family<OutcomeLabels, Counter>,
-    durations: Family<StatusLabels, Histogram, fn() -> Histogram>,
+    durations: Family<StatusLabels, SagaHistogram, fn() -> SagaHistogram>,
 }
 
 impl SagaMetrics {
@@ -105,9 +114,17 @@ impl SagaMetrics {
             .get_or_create(&OutcomeLabels { status, reason })
             .inc();
         if let Some(age) = age_of(order_id) {
+            // Called while processing the event that ended the saga, so the current span is
+            // in the saga's trace.
+            let exemplar = runtime::telemetry::traceparent(&tracing::Span::current())
+                .as_deref()
+                .and_then(runtime::telemetry::trace_id_of)
+                .map(|trace_id| TraceExemplar {
+                    trace_id: trace_id.to_owned(),
+                });
             self.durations
                 .get_or_create(&StatusLabels { status })
-                .observe(age.as_secs_f64());
+                .observe(age.as_secs_f64(), exemplar, None);
         }
     }
 }

@@ -19,11 +19,12 @@ pub async fn insert_order(
     order_id: Uuid,
     order: &NewOrder,
     deadline: Duration,
+    traceparent: Option<&str>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO orders (order_id, customer_id, email, items, total_cents, payment_method, \
-         shipping, status, deadline_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9))",
+         shipping, status, deadline_at, traceparent) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9), $10)",
     )
     .bind(order_id)
     .bind(&order.customer_id)
@@ -37,6 +38,7 @@ pub async fn insert_order(
     }))
     .bind(Status::Pending.as_str())
     .bind(deadline.as_secs_f64())
+    .bind(traceparent)
     .execute(tx)
     .await?;
     Ok(())
@@ -126,6 +128,19 @@ pub async fn record_history(
     Ok(())
 }
 
+/// The saga's trace, as the request that placed the order left it.
+pub async fn traceparent(
+    tx: &mut PgConnection,
+    order_id: Uuid,
+) -> Result<Option<String>, sqlx::Error> {
+    let traceparent: Option<Option<String>> =
+        sqlx::query_scalar("SELECT traceparent FROM orders WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_optional(tx)
+            .await?;
+    Ok(traceparent.flatten())
+}
+
 /// An order as `GET /orders/{id}` shows it.
 #[derive(Debug, Serialize)]
 pub struct OrderView {
@@ -135,6 +150,8 @@ pub struct OrderView {
     pub reason: Option<String>,
     pub items: Vec<OrderLine>,
     pub total_cents: i64,
+    /// The saga's trace (null when tracing was off when it was placed).
+    pub trace_id: Option<String>,
     pub history: Vec<HistoryEntry>,
 }
 
@@ -152,11 +169,13 @@ struct OrderRow {
     reason: Option<String>,
     items: Json<Vec<OrderLine>>,
     total_cents: i64,
+    traceparent: Option<String>,
 }
 
 pub async fn order_view(pool: &PgPool, order_id: Uuid) -> Result<Option<OrderView>, sqlx::Error> {
     let row: Option<OrderRow> = sqlx::query_as(
-        "SELECT customer_id, status, reason, items, total_cents FROM orders WHERE order_id = $1",
+        "SELECT customer_id, status, reason, items, total_cents, traceparent FROM orders \
+         WHERE order_id = $1",
     )
     .bind(order_id)
     .fetch_optional(pool)
@@ -177,6 +196,11 @@ pub async fn order_view(pool: &PgPool, order_id: Uuid) -> Result<Option<OrderVie
         reason: row.reason,
         items: row.items.0,
         total_cents: row.total_cents,
+        trace_id: row
+            .traceparent
+            .as_deref()
+            .and_then(runtime::telemetry::trace_id_of)
+            .map(str::to_owned),
         history,
     }))
 }

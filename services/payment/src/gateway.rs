@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use thiserror::Error;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::breaker::Breaker;
@@ -163,16 +164,31 @@ impl Gateway {
         path: &str,
         body: &serde_json::Value,
     ) -> Result<T, GatewayError> {
+        let url = format!("{}{path}", self.base_url);
+        // A CLIENT span per attempt; the body (payment method, amount) stays out of it.
+        let span = tracing::info_span!(
+            "gateway call",
+            otel.name = %format_args!("POST {path}"),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = "POST",
+            url.full = %url,
+            http.response.status_code = tracing::field::Empty,
+        );
+        let mut request = self.client.post(&url).json(body);
+        for (name, value) in runtime::telemetry::context_headers(&span) {
+            request = request.header(name, value);
+        }
         let unavailable = |error: reqwest::Error| GatewayError::Unavailable(error.to_string());
-        let response = self
-            .client
-            .post(format!("{}{path}", self.base_url))
-            .json(body)
-            .send()
-            .await
-            .map_err(unavailable)?;
+        let sent = request.send().instrument(span.clone()).await;
+        let response = sent.map_err(|error| {
+            span.record("otel.status_code", "ERROR");
+            unavailable(error)
+        })?;
         let status = response.status();
+        span.record("http.response.status_code", status.as_u16());
         if status.is_server_error() {
+            span.record("otel.status_code", "ERROR");
             return Err(GatewayError::Unavailable(format!("HTTP {status}")));
         }
         if !status.is_success() {

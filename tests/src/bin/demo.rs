@@ -1,10 +1,13 @@
 //! `demo`: runs the whole system locally on the default ports (order 8080 … notification
 //! 8084) with its own nats-server, and tells the story of one order down each saga path.
 //!
-//! Usage: `cargo build --workspace --bins && cargo run -p e2e --bin demo [-- --once]`.
+//! Usage: `cargo build --workspace --bins && cargo run -p e2e --bin demo [-- --once] [--orders N]`.
 //! Without `--once` the system keeps running for curl until Ctrl-C; with it, the demo exits
 //! after the story: 0 if every path ended as expected, 1 if one did not, 2 on an error.
+//! `--orders N` then places N more orders down each path, for the saga overview
+//! (`GET /dashboard` on the order service) to have something to show.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -16,17 +19,22 @@ use e2e::api::{
 use e2e::invariants::expected_notification_kinds;
 use e2e::polling::{Check, SAGA_TIMEOUT, wait_for};
 use e2e::system::{Service, System, SystemOptions};
+use reqwest::Method;
 use tokio::time::Instant;
 use uuid::Uuid;
 
 const USAGE: &str = "\
-usage: demo [--once]
+usage: demo [--once] [--orders N]
 
 Starts nats-server and the five services on ports 8080-8084 (databases demo_<service>,
 recreated), places one order down each saga path and prints what happens.
 
-  --once   exit after the story (0 if every path ended as expected) instead of
-           running until Ctrl-C
+  --once       exit after the story (0 if every path ended as expected) instead of
+               running until Ctrl-C
+  --orders N   after the story, place N more orders down each of five paths (happy, out
+               of stock, card declined, cannot ship, customer cancels), shuffled, a few
+               a second, and wait for them to end: traffic for the saga overview at
+               http://127.0.0.1:8080/dashboard
 Needs the service binaries (`cargo build --workspace --bins`) and a nats-server >= 2.10
 (NATS_SERVER_BIN, or on PATH).";
 
@@ -41,9 +49,18 @@ struct SagaPath {
 #[tokio::main]
 async fn main() -> ExitCode {
     let mut once = false;
-    for argument in std::env::args().skip(1) {
+    let mut orders_per_path = 0;
+    let mut arguments = std::env::args().skip(1);
+    while let Some(argument) = arguments.next() {
         match argument.as_str() {
             "--once" => once = true,
+            "--orders" => match arguments.next().map(|count| count.parse::<usize>()) {
+                Some(Ok(count)) => orders_per_path = count,
+                _ => {
+                    eprintln!("--orders needs a number of orders per path\n\n{USAGE}");
+                    return ExitCode::from(2);
+                }
+            },
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
@@ -54,7 +71,7 @@ async fn main() -> ExitCode {
             }
         }
     }
-    match run(once).await {
+    match run(once, orders_per_path).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(error) => {
@@ -64,9 +81,10 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Starts the system, tells the story, waits for Ctrl-C unless `once`, shuts down.
-/// Returns whether every path ended as expected.
-async fn run(once: bool) -> Result<bool> {
+/// Starts the system, tells the story, places `orders_per_path` more orders down each path,
+/// waits for Ctrl-C unless `once`, shuts down. Returns whether every path of the story ended
+/// as expected.
+async fn run(once: bool, orders_per_path: usize) -> Result<bool> {
     let log_directory = std::env::temp_dir().join("order-saga-demo");
     let options = SystemOptions {
         rust_log: "warn".to_owned(),
@@ -91,7 +109,7 @@ async fn run(once: bool) -> Result<bool> {
     describe_system(&system);
 
     let story = tokio::select! {
-        told = tell_the_story(&system) => Some(told),
+        told = tell_the_story_and_place_more(&system, orders_per_path) => Some(told),
         _ = tokio::signal::ctrl_c() => None,
     };
     let all_as_expected = match story {
@@ -141,6 +159,110 @@ fn describe_system(system: &System) {
         system.gateway_url()
     );
     println!("databases demo_<service> on the local Postgres, recreated at start");
+}
+
+/// The story, then `orders_per_path` more orders down each path (none: just the story).
+async fn tell_the_story_and_place_more(
+    system: &System,
+    orders_per_path: usize,
+) -> Result<(bool, Option<Uuid>)> {
+    let told = tell_the_story(system).await?;
+    if orders_per_path > 0 {
+        place_more_orders(system, orders_per_path).await?;
+    }
+    Ok(told)
+}
+
+/// The paths `--orders` places orders down.
+#[derive(Debug, Clone, Copy)]
+enum LoadPath {
+    Happy,
+    OutOfStock,
+    CardDeclined,
+    CannotShip,
+    CustomerCancels,
+}
+
+/// Places `per_path` orders down each [`LoadPath`], shuffled and a few a second, then waits
+/// for all of them to end and prints how they ended.
+async fn place_more_orders(system: &System, per_path: usize) -> Result<()> {
+    let paths = [
+        LoadPath::Happy,
+        LoadPath::OutOfStock,
+        LoadPath::CardDeclined,
+        LoadPath::CannotShip,
+        LoadPath::CustomerCancels,
+    ];
+    println!(
+        "\nPlacing {} more orders, {per_path} down each of happy, out of stock, card declined, \
+         cannot ship and customer cancels, shuffled, a few a second:",
+        per_path * paths.len()
+    );
+    // Enough mugs for every mug order (at most two each), so that only the lamp orders run
+    // out of stock.
+    let mugs = 10 + 2 * i64::try_from(per_path * paths.len())?;
+    system
+        .put_product_and_wait_catalogue("DEMO-MUG", "Mug", 1250, mugs)
+        .await?;
+    let mut load: Vec<LoadPath> = paths
+        .iter()
+        .flat_map(|path| std::iter::repeat_n(*path, per_path))
+        .collect();
+    // Fisher-Yates, so that every stretch of time sees a mix of paths, as real traffic would.
+    for last in (1..load.len()).rev() {
+        let other = usize::try_from(rand::random::<u64>() % (last as u64 + 1))?;
+        load.swap(last, other);
+    }
+    let started = Instant::now();
+    let mut order_ids = Vec::with_capacity(load.len());
+    for (number, path) in load.iter().enumerate() {
+        let customer = format!("c-load-{number}");
+        let email = format!("{customer}@example.com");
+        let request = match path {
+            LoadPath::Happy | LoadPath::CustomerCancels => OrderRequest::new("DEMO-MUG", 2),
+            LoadPath::OutOfStock => OrderRequest::new("DEMO-LAMP", 3),
+            LoadPath::CardDeclined => {
+                OrderRequest::new("DEMO-MUG", 1).with_payment_method(PAYMENT_DECLINED)
+            }
+            LoadPath::CannotShip => OrderRequest::new("DEMO-MUG", 1).with_country(COUNTRY_UNSERVED),
+        }
+        .with_customer(&customer, &email);
+        let order_id = system.place_accepted_order(&request).await?;
+        if let LoadPath::CustomerCancels = path {
+            // Sent at once, it usually catches the saga in flight; a saga that has already
+            // completed answers 409 and stays completed, which the tally below shows.
+            system
+                .request(
+                    Method::POST,
+                    Service::Order,
+                    &format!("/orders/{order_id}/cancel"),
+                    None,
+                    &[],
+                )
+                .await?;
+        }
+        order_ids.push(order_id);
+        // Uneven gaps, so that the overview's throughput bars differ as real traffic does.
+        tokio::time::sleep(Duration::from_millis(50 + rand::random::<u64>() % 700)).await;
+    }
+    let orders = system.wait_all_terminal(&order_ids, SAGA_TIMEOUT).await?;
+    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    for order in &orders {
+        *outcomes.entry(order.outcome()).or_default() += 1;
+    }
+    println!(
+        "  {} orders ended within {:.0} s:",
+        orders.len(),
+        started.elapsed().as_secs_f64()
+    );
+    for (outcome, count) in outcomes {
+        println!("  {count:>5}  {outcome}");
+    }
+    println!(
+        "  the saga overview: {}/dashboard",
+        system.base_url(Service::Order)
+    );
+    Ok(())
 }
 
 /// Stocks two products and walks one order down each path. Returns whether all ended as
@@ -370,6 +492,7 @@ async fn settled_product(system: &System, sku: &str) -> Result<Product> {
 fn print_try_it_yourself(happy_order: Option<Uuid>) {
     let order = happy_order.map_or_else(|| "<order id>".to_owned(), |id| id.to_string());
     println!("\nTry it yourself:");
+    println!("  open http://127.0.0.1:8080/dashboard   # the saga overview, in a browser");
     println!("  curl -s localhost:8081/products");
     println!("  curl -s localhost:8080/catalogue/DEMO-MUG");
     println!("  curl -s localhost:8080/orders/{order}");

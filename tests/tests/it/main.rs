@@ -18,4 +18,5 @@ mod outbox_relay;
 mod redrive;
 mod saga_paths;
 mod startup;
+mod traces;
 mod validation;
