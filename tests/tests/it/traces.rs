@@ -1,7 +1,8 @@
 //! One trace per saga: with the services exporting to an OTLP receiver inside the test, every
 //! order's saga — the HTTP request, each reaction in all five services, every compensation —
 //! is one trace; each consumer span is the child of the publish that sent its message; the
-//! outbox keeps the trace across a restart of the relay; and no customer data is in a span.
+//! outbox keeps the trace across a restart of the relay; a customer's cancel joins the
+//! saga's trace; and no customer data is in a span.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -10,8 +11,9 @@ use anyhow::{Context as _, ensure};
 use e2e::api::{COUNTRY_UNSERVED, OrderRequest, PAYMENT_DECLINED};
 use e2e::faults::{EMPTY_SKU, STOCKED_SKU, stock_products};
 use e2e::otlp::{OtlpReceiver, ReceivedSpan, SpanKind, summarize};
-use e2e::polling::SAGA_TIMEOUT;
+use e2e::polling::{Check, SAGA_TIMEOUT, wait_for};
 use e2e::system::{Service, System, SystemOptions};
+use reqwest::Method;
 
 /// How long the services' batch exporters may take to deliver the last spans.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -375,4 +377,101 @@ async fn the_outbox_keeps_the_trace_across_a_relay_restart() -> anyhow::Result<(
 fn summarize_refs(spans: &[&ReceivedSpan]) -> String {
     let owned: Vec<ReceivedSpan> = spans.iter().map(|span| (*span).clone()).collect();
     summarize(&owned)
+}
+
+#[tokio::test]
+async fn a_customers_cancel_joins_the_sagas_trace() -> anyhow::Result<()> {
+    let receiver = OtlpReceiver::start().await?;
+    let mut system = start_traced(&receiver).await?;
+    stock_products(&system).await?;
+
+    // Payment is held up, so the cancel finds the order reserved and undoes the reservation.
+    system.pause(Service::Payment)?;
+    let order_id = system
+        .place_accepted_order(&OrderRequest::new(STOCKED_SKU, 1))
+        .await?;
+    wait_for("the reservation", SAGA_TIMEOUT, || async {
+        let order = system.order(order_id).await?;
+        Ok(if order.history_types().contains(&"inventory.reserved") {
+            Check::Done(())
+        } else {
+            Check::NotYet(format!("{:?}", order.history_types()))
+        })
+    })
+    .await?;
+    let cancel = system
+        .request(
+            Method::POST,
+            Service::Order,
+            &format!("/orders/{order_id}/cancel"),
+            None,
+            &[],
+        )
+        .await?;
+    ensure!(
+        cancel.status == 202,
+        "cancel answered {}: {}",
+        cancel.status,
+        cancel.text
+    );
+    system.resume(Service::Payment)?;
+    let order = system.wait_terminal(order_id, SAGA_TIMEOUT).await?;
+    ensure!(
+        order.status == "cancelled" && order.reason.as_deref() == Some("customer_request"),
+        "the order ended {}",
+        order.outcome()
+    );
+    let trace_id = order.trace_id.context("the order has no trace_id")?;
+
+    let spans = receiver
+        .wait_until(EXPORT_TIMEOUT, |spans| {
+            saga_trace_complete(spans, &trace_id, "order.cancelled")
+                && has_span(
+                    &trace(spans, &trace_id),
+                    "fulfillment-service",
+                    "process order.cancellation_requested.*",
+                )
+        })
+        .await?;
+    let in_trace = trace(&spans, &trace_id);
+    let summary = || summarize_refs(&in_trace);
+    let place_order = in_trace
+        .iter()
+        .find(|span| span.name == "place_order")
+        .with_context(|| format!("no place_order span:\n{}", summary()))?;
+    let cancel_span = in_trace
+        .iter()
+        .find(|span| span.name == "cancel order")
+        .with_context(|| format!("no cancel order span:\n{}", summary()))?;
+    ensure!(
+        cancel_span.parent_span_id.as_ref() == Some(&place_order.span_id),
+        "the cancellation is not a child of the request that placed the order:\n{}",
+        summary()
+    );
+    // The cancel request is a trace of its own, which the saga's cancellation links to.
+    let request = spans
+        .iter()
+        .find(|span| span.name == "POST /orders/{order_id}/cancel")
+        .context("no span of the cancel request")?;
+    ensure!(
+        request.trace_id != trace_id
+            && cancel_span
+                .links
+                .iter()
+                .any(|(trace, _)| *trace == request.trace_id),
+        "the cancellation does not link to the cancel request"
+    );
+    for service in [
+        "inventory-service",
+        "payment-service",
+        "fulfillment-service",
+    ] {
+        ensure!(
+            has_span(&in_trace, service, "process order.cancellation_requested.*"),
+            "{service} did not process the cancellation in the saga's trace:\n{}",
+            summary()
+        );
+    }
+    check_consumer_parents(&in_trace)?;
+    system.shutdown().await
 }
