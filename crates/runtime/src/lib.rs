@@ -13,6 +13,7 @@ pub mod inbox;
 pub mod jetstream;
 pub mod metrics;
 pub mod outbox;
+pub mod replay;
 pub mod service;
 pub mod settings;
 pub mod telemetry;

@@ -3,6 +3,7 @@
 //! deadline, and keeps its own catalogue read model.
 
 pub mod cancellation;
+pub mod catalogue;
 pub mod dashboard;
 pub mod domain;
 pub mod http;
@@ -46,6 +47,46 @@ pub struct Config {
     /// `<url>/trace/<trace id>`; Jaeger's UI by default.
     #[arg(long, env = "TRACE_UI_URL", default_value = "http://localhost:16686")]
     pub trace_ui_url: String,
+
+    /// What to do; without a command, run the service.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// One-off operations on the service's data, run with the service's own settings.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Rebuilds the catalogue read model from the start of the INVENTORY stream into a fresh
+    /// table and switches it in; the running service keeps serving meanwhile.
+    RebuildCatalogue,
+}
+
+/// Runs a [`Command`] and prints what it did.
+pub async fn run_command(config: Config, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::RebuildCatalogue => {
+            let platform = Platform::connect(IDENTITY, config.runtime, &MIGRATIONS).await?;
+            runtime::jetstream::ensure_streams(
+                &platform.jetstream,
+                vec![runtime::jetstream::context_stream(
+                    Context::Inventory,
+                    platform.settings.stream_replicas,
+                )],
+            )
+            .await?;
+            let rebuilt = runtime::replay::rebuild(
+                &platform.pool,
+                &platform.jetstream,
+                &catalogue::CatalogueProjection,
+            )
+            .await?;
+            println!(
+                "catalogue rebuilt from {} events (INVENTORY up to sequence {}) and switched in",
+                rebuilt.events, rebuilt.up_to_sequence
+            );
+            Ok(())
+        }
+    }
 }
 
 /// Connects, migrates and binds the order service, ready to run.

@@ -26,13 +26,8 @@ impl Handler for Reactions {
         tx: &mut PgConnection,
         incoming: &Incoming,
     ) -> Result<Vec<Event>, HandlerError> {
-        if let Event::ProductUpdated(product) = &incoming.event {
-            let entry = CatalogueEntry {
-                sku: product.sku.clone(),
-                name: product.name.clone(),
-                price_cents: product.price_cents,
-            };
-            store::upsert_catalogue(tx, &entry, incoming.envelope.time).await?;
+        if let Event::ProductUpdated(_) = &incoming.event {
+            apply_to_catalogue(tx, incoming).await?;
             return Ok(vec![]);
         }
         match (fact_of(&incoming.event), incoming.event.order_id()) {
@@ -46,6 +41,23 @@ impl Handler for Reactions {
             self.metrics.announced(event);
         }
     }
+}
+
+/// Folds a product update into the catalogue read model: the live consumer and a rebuild
+/// from the stream (`catalogue::CatalogueProjection`) run this same code.
+pub async fn apply_to_catalogue(
+    tx: &mut PgConnection,
+    incoming: &Incoming,
+) -> Result<(), HandlerError> {
+    if let Event::ProductUpdated(product) = &incoming.event {
+        let entry = CatalogueEntry {
+            sku: product.sku.clone(),
+            name: product.name.clone(),
+            price_cents: product.price_cents,
+        };
+        store::upsert_catalogue(tx, &entry, incoming.envelope.time).await?;
+    }
+    Ok(())
 }
 
 /// The saga fact a participant's event stands for (conversion at the edge).

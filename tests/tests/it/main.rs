@@ -16,6 +16,7 @@ mod idempotency;
 mod metrics;
 mod outbox_relay;
 mod redrive;
+mod replay;
 mod saga_paths;
 mod startup;
 mod traces;

@@ -1,0 +1,235 @@
+//! Rebuilding a read model from the streams: replay every stored event it is made of, from the
+//! start of the stream, into a fresh copy of its table, then switch the copy in. The streams
+//! keep every event (limits retention without an age limit), so a read model is never the
+//! only record of what happened and can be thrown away and rebuilt.
+//!
+//! The copy lives in the schema `rebuild` under the table's own name; a projection's SQL names
+//! its table unqualified, and the replay sets `search_path` to `rebuild`, so the very same
+//! statements the live consumer runs fill the copy. The switch locks the live table against
+//! writers, catches up with what was stored meanwhile, and swaps the tables in one
+//! transaction: the service keeps serving reads throughout, and a live update blocked by the
+//! lock fails after the swap and is redelivered into the new table.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull};
+use events::Envelope;
+use events::streams::{Context, type_filter};
+use futures::StreamExt;
+use sqlx::{PgConnection, PgPool};
+
+use crate::consumer::{HandlerError, Incoming};
+
+/// Events applied per transaction while replaying.
+const BATCH: usize = 500;
+
+/// How long one fetch waits for more messages before the replay counts the stream as read.
+const FETCH_EXPIRY: Duration = Duration::from_secs(1);
+
+/// A read model that can be rebuilt: which events make it, and how one is applied.
+pub trait Projection: Send + Sync {
+    /// The table, unqualified, in the `public` schema.
+    const TABLE: &'static str;
+    /// Creates an empty `rebuild.<TABLE>` shaped like the live one (the schema `rebuild` exists
+    /// and is empty), e.g. `CREATE TABLE rebuild.catalogue (LIKE public.catalogue INCLUDING ALL)`.
+    const CREATE_COPY: &'static str;
+    /// Replaces the live table with the copy, e.g. `DROP TABLE public.catalogue; ALTER TABLE
+    /// rebuild.catalogue SET SCHEMA public`, plus whatever refers to the table (foreign keys).
+    const SWITCH: &'static str;
+    /// Locks the live table against writers while the switch catches up, e.g. `LOCK TABLE
+    /// public.catalogue IN EXCLUSIVE MODE` (reads go on).
+    const LOCK: &'static str;
+
+    fn stream(&self) -> Context;
+    fn event_types(&self) -> Vec<&'static str>;
+
+    /// Applies one event with unqualified table names; it must be idempotent and
+    /// order-insensitive, as the live consumer's is.
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        incoming: &'a Incoming,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a;
+}
+
+/// What a rebuild did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rebuilt {
+    /// Events applied to the copy, the catch-up included.
+    pub events: u64,
+    /// The last stream sequence the copy reflects.
+    pub up_to_sequence: u64,
+}
+
+/// Rebuilds `projection`'s table from the start of its stream and switches it in.
+pub async fn rebuild<P: Projection>(
+    pool: &PgPool,
+    jetstream: &jetstream::Context,
+    projection: &P,
+) -> anyhow::Result<Rebuilt> {
+    sqlx::raw_sql("DROP SCHEMA IF EXISTS rebuild CASCADE; CREATE SCHEMA rebuild")
+        .execute(pool)
+        .await
+        .context("cannot create the schema for the copy")?;
+    sqlx::raw_sql(P::CREATE_COPY)
+        .execute(pool)
+        .await
+        .with_context(|| format!("cannot create the copy of {}", P::TABLE))?;
+
+    // Most of the history, a batch per transaction, without holding up the live consumer.
+    let stream = jetstream.get_stream(projection.stream().stream()).await?;
+    let mut replay = Replay::start(&stream, projection, 1).await?;
+    let mut rebuilt = Rebuilt {
+        events: 0,
+        up_to_sequence: 0,
+    };
+    while let Some(batch) = replay.next_batch().await? {
+        let mut tx = pool.begin().await?;
+        apply_to_copy(&mut tx, projection, &batch, &mut rebuilt).await?;
+        tx.commit().await?;
+    }
+    tracing::info!(
+        table = P::TABLE,
+        events = rebuilt.events,
+        up_to = rebuilt.up_to_sequence,
+        "replayed"
+    );
+
+    // The rest under the lock, then the switch, in one transaction.
+    let mut tx = pool.begin().await?;
+    sqlx::raw_sql(P::LOCK).execute(&mut *tx).await?;
+    let mut catch_up = Replay::start(&stream, projection, rebuilt.up_to_sequence + 1).await?;
+    while let Some(batch) = catch_up.next_batch().await? {
+        apply_to_copy(&mut tx, projection, &batch, &mut rebuilt).await?;
+    }
+    sqlx::query("SET LOCAL search_path TO public")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::raw_sql(P::SWITCH).execute(&mut *tx).await?;
+    sqlx::raw_sql("DROP SCHEMA rebuild")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit()
+        .await
+        .context("cannot switch the rebuilt table in")?;
+    tracing::info!(
+        table = P::TABLE,
+        events = rebuilt.events,
+        "rebuilt and switched in"
+    );
+    Ok(rebuilt)
+}
+
+/// Applies a batch to the copy inside `tx`.
+async fn apply_to_copy<P: Projection>(
+    tx: &mut PgConnection,
+    projection: &P,
+    batch: &[(u64, Incoming)],
+    rebuilt: &mut Rebuilt,
+) -> anyhow::Result<()> {
+    sqlx::query("SET LOCAL search_path TO rebuild")
+        .execute(&mut *tx)
+        .await?;
+    for (_, incoming) in batch {
+        projection
+            .apply(&mut *tx, incoming)
+            .await
+            .map_err(anyhow_of)?;
+    }
+    rebuilt.events += batch.len() as u64;
+    if let Some((sequence, _)) = batch.last() {
+        rebuilt.up_to_sequence = *sequence;
+    }
+    Ok(())
+}
+
+/// Reads the stored events of a projection's types from a stream sequence on, a batch at a
+/// time, until the end of the stream as it was when the batch was fetched.
+struct Replay {
+    consumer: jetstream::consumer::Consumer<pull::Config>,
+    drained: bool,
+}
+
+impl Replay {
+    async fn start<P: Projection>(
+        stream: &jetstream::stream::Stream,
+        projection: &P,
+        start: u64,
+    ) -> anyhow::Result<Replay> {
+        let consumer = stream
+            .create_consumer(pull::Config {
+                filter_subjects: projection
+                    .event_types()
+                    .iter()
+                    .map(|event_type| type_filter(event_type))
+                    .collect(),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: start.max(1),
+                },
+                ack_policy: jetstream::consumer::AckPolicy::None,
+                inactive_threshold: Duration::from_secs(60),
+                ..Default::default()
+            })
+            .await
+            .context("cannot create a consumer to replay the stream")?;
+        // Nothing to read: say so at once instead of waiting out a fetch (under the lock).
+        let drained = consumer.cached_info().num_pending == 0;
+        Ok(Replay { consumer, drained })
+    }
+
+    /// The next events with their stream sequences; `None` once the stream is read. An event
+    /// that does not decode is skipped with a warning: the live consumer dead-lettered it,
+    /// so the read model never had it either.
+    async fn next_batch(&mut self) -> anyhow::Result<Option<Vec<(u64, Incoming)>>> {
+        if self.drained {
+            return Ok(None);
+        }
+        let mut messages = self
+            .consumer
+            .fetch()
+            .max_messages(BATCH)
+            .expires(FETCH_EXPIRY)
+            .messages()
+            .await?;
+        let mut events = Vec::new();
+        let mut fetched = 0;
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(|error| anyhow::anyhow!(error))?;
+            fetched += 1;
+            let info = message.info().map_err(|error| anyhow::anyhow!(error))?;
+            let (sequence, pending) = (info.stream_sequence, info.pending);
+            match decode(&message) {
+                Ok(incoming) => events.push((sequence, incoming)),
+                Err(error) => {
+                    tracing::warn!(sequence, %error, "skipping an event that does not decode");
+                }
+            }
+            self.drained = pending == 0;
+        }
+        if fetched == 0 {
+            self.drained = true;
+            return Ok(None);
+        }
+        Ok(Some(events))
+    }
+}
+
+fn decode(message: &jetstream::Message) -> anyhow::Result<Incoming> {
+    let envelope = Envelope::from_slice(&message.payload)?;
+    let event = envelope.event()?;
+    Ok(Incoming {
+        envelope,
+        event,
+        subject: message.subject.to_string(),
+        delivery: 1,
+    })
+}
+
+fn anyhow_of(error: HandlerError) -> anyhow::Error {
+    match error {
+        HandlerError::Transient(error) => error,
+        HandlerError::Permanent(reason) => anyhow::anyhow!(reason),
+    }
+}
