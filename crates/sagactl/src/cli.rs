@@ -1,5 +1,6 @@
-//! The command line: `sagactl dlq show | redrive | advisories`, parsed with clap (flags or
-//! environment), and [`run`], which executes it and writes what it found or did.
+//! The command line: `sagactl dlq show | redrive | advisories` and `sagactl audit`, parsed
+//! with clap (flags or environment), and [`run`], which executes it and writes what it found
+//! or did.
 
 use std::io::Write;
 
@@ -8,7 +9,7 @@ use async_nats::jetstream;
 use clap::{Parser, Subcommand};
 
 use crate::dead_letters::{self, DeadLetter, Selection};
-use crate::{advisories, connect, render};
+use crate::{advisories, audit, connect, render};
 
 /// Inspect and redrive the order saga's dead letters, and list the messages JetStream gave up
 /// on.
@@ -33,6 +34,17 @@ pub enum Command {
     /// The dead-letter stream (DLQ) and the max-deliveries advisories (ADVISORIES).
     #[command(subcommand)]
     Dlq(DlqCommand),
+
+    /// Every event published about an order, oldest first, read from the streams (not from
+    /// any service's database): the order's history, rebuilt for an audit.
+    Audit {
+        /// The order id.
+        order_id: uuid::Uuid,
+
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -109,7 +121,30 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
         Command::Dlq(DlqCommand::Advisories { limit, json }) => {
             list_advisories(&jetstream, limit, json, out).await
         }
+        Command::Audit { order_id, json } => audit(&jetstream, order_id, json, out).await,
     }
+}
+
+async fn audit(
+    jetstream: &jetstream::Context,
+    order_id: uuid::Uuid,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let trail = audit::trail(jetstream, order_id)
+        .await
+        .with_context(|| format!("failed to read the events of order {order_id}"))?;
+    for entry in &trail {
+        if json {
+            writeln!(out, "{}", render::audit_json(entry))?;
+        } else {
+            writeln!(out, "{}", render::audit_text(entry))?;
+        }
+    }
+    if !json {
+        writeln!(out, "{} event(s) about order {order_id}", trail.len())?;
+    }
+    Ok(())
 }
 
 async fn show(

@@ -1,6 +1,7 @@
 //! `sagactl`, the operator's tool for what the services cannot settle themselves: the dead
-//! letters in the `DLQ` stream (show them, redrive them to their original subject) and the
-//! max-deliveries advisories JetStream raised, captured in the `ADVISORIES` stream.
+//! letters in the `DLQ` stream (show them, redrive them to their original subject), the
+//! max-deliveries advisories JetStream raised, captured in the `ADVISORIES` stream, and the
+//! audit trail of an order read from the streams ([`audit`]).
 //!
 //! Everything lives in this library: [`dead_letters`] and [`advisories`] read and act on the
 //! streams, [`render`] prints what they return, and [`cli::run`] executes a parsed command
@@ -8,6 +9,7 @@
 //! the e2e suite drives the same code the operator runs.
 
 pub mod advisories;
+pub mod audit;
 pub mod cli;
 pub mod dead_letters;
 pub mod render;

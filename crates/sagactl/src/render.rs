@@ -8,6 +8,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 
 use crate::advisories::MaxDeliveriesAdvisory;
+use crate::audit::AuditEntry;
 use crate::dead_letters::{Content, DeadLetter, Redriven};
 
 /// Shown where a dead letter lacks a header.
@@ -128,6 +129,33 @@ pub fn redriven_text(redriven: &Redriven, consumer: Option<&str>) -> String {
         or_missing(consumer),
         redriven.subject
     )
+}
+
+/// One event of an order's audit trail for people: when, what, from whom, where it is stored.
+pub fn audit_text(entry: &AuditEntry) -> String {
+    match &entry.event {
+        Some(event) => format!(
+            "{}  {:<30} {}  from {}  ({} #{})",
+            human_time(event.time),
+            event.event_type,
+            event.id,
+            event.source,
+            entry.stream,
+            entry.sequence
+        ),
+        None => format!(
+            "{}  {:<30} (not an event envelope)  ({} #{})",
+            human_time(entry.stored_at),
+            entry.event_type(),
+            entry.stream,
+            entry.sequence
+        ),
+    }
+}
+
+/// One event of an order's audit trail as a JSON object.
+pub fn audit_json(entry: &AuditEntry) -> Value {
+    serde_json::to_value(entry).unwrap_or(Value::Null)
 }
 
 #[cfg(test)]

@@ -80,15 +80,23 @@ pub(crate) async fn find_stream(
 /// that redriving "all" cannot chase letters that its own redrives cause.
 pub(crate) struct Reader<'a> {
     stream: &'a Stream,
+    /// The subjects to read (wildcards allowed): the server skips the others.
+    subjects: String,
     next: u64,
     last: u64,
 }
 
 impl<'a> Reader<'a> {
     pub fn new(stream: &'a Stream) -> Reader<'a> {
+        Reader::of_subjects(stream, ">")
+    }
+
+    /// A reader of the messages on `subjects` only, e.g. `order.*.<order id>`.
+    pub fn of_subjects(stream: &'a Stream, subjects: &str) -> Reader<'a> {
         let state = &stream.cached_info().state;
         Reader {
             stream,
+            subjects: subjects.to_owned(),
             next: state.first_sequence.max(1),
             last: state.last_sequence,
         }
@@ -99,10 +107,11 @@ impl<'a> Reader<'a> {
         if self.next > self.last {
             return Ok(None);
         }
-        // The first message at or after `next` on any subject: the server skips deleted ones.
+        // The first message at or after `next` on the subjects: the server skips deleted ones
+        // and other subjects.
         match self
             .stream
-            .get_first_raw_message_by_subject(">", self.next)
+            .get_first_raw_message_by_subject(self.subjects.as_str(), self.next)
             .await
         {
             Ok(message) if message.sequence <= self.last => {

@@ -2,6 +2,7 @@
 //! and databases (see the `e2e` library), drives them over HTTP and NATS, and checks terminal
 //! states and the cross-service invariants. Run `cargo build --workspace --bins` first.
 
+mod audit;
 mod cancellation;
 mod cluster;
 mod concurrency;
@@ -15,6 +16,7 @@ mod harness;
 mod idempotency;
 mod metrics;
 mod outbox_relay;
+mod projection;
 mod redrive;
 mod replay;
 mod saga_paths;
