@@ -473,6 +473,18 @@ impl System {
         Ok(order_id)
     }
 
+    /// `POST /orders/{id}/cancel`, whatever it answers.
+    pub async fn cancel_order(&self, order_id: Uuid) -> Result<ApiResponse> {
+        self.request(
+            Method::POST,
+            Service::Order,
+            &format!("/orders/{order_id}/cancel"),
+            None,
+            &[],
+        )
+        .await
+    }
+
     /// `GET /orders/{id}`.
     pub async fn order(&self, order_id: Uuid) -> Result<OrderView> {
         self.get(Service::Order, &format!("/orders/{order_id}"))

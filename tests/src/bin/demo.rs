@@ -19,7 +19,6 @@ use e2e::api::{
 use e2e::invariants::expected_notification_kinds;
 use e2e::polling::{Check, SAGA_TIMEOUT, wait_for};
 use e2e::system::{Service, System, SystemOptions};
-use reqwest::Method;
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -231,15 +230,7 @@ async fn place_more_orders(system: &System, per_path: usize) -> Result<()> {
         if let LoadPath::CustomerCancels = path {
             // Sent at once, it usually catches the saga in flight; a saga that has already
             // completed answers 409 and stays completed, which the tally below shows.
-            system
-                .request(
-                    Method::POST,
-                    Service::Order,
-                    &format!("/orders/{order_id}/cancel"),
-                    None,
-                    &[],
-                )
-                .await?;
+            system.cancel_order(order_id).await?;
         }
         order_ids.push(order_id);
         // Uneven gaps, so that the overview's throughput bars differ as real traffic does.

@@ -5,20 +5,7 @@
 use e2e::api::{OrderRequest, OrderView};
 use e2e::polling::{Check, SAGA_TIMEOUT, wait_for};
 use e2e::system::{Service, System, SystemOptions};
-use reqwest::Method;
 use uuid::Uuid;
-
-async fn cancel(system: &System, order_id: Uuid) -> anyhow::Result<e2e::api::ApiResponse> {
-    system
-        .request(
-            Method::POST,
-            Service::Order,
-            &format!("/orders/{order_id}/cancel"),
-            None,
-            &[],
-        )
-        .await
-}
 
 /// Waits until the order's history shows `event_type`.
 async fn wait_history(
@@ -54,10 +41,10 @@ async fn a_cancel_while_payment_is_stuck_releases_stock_and_charges_nothing() ->
         .await?;
     wait_history(&system, order_id, "inventory.reserved").await?;
 
-    let accepted = cancel(&system, order_id).await?;
+    let accepted = system.cancel_order(order_id).await?;
     assert_eq!(accepted.status, 202, "{}", accepted.text);
     assert_eq!(accepted.body["status"], "cancelling");
-    let again = cancel(&system, order_id).await?;
+    let again = system.cancel_order(order_id).await?;
     assert_eq!(
         again.status, 202,
         "a repeated cancel is accepted: {}",
@@ -82,7 +69,7 @@ async fn a_cancel_while_payment_is_stuck_releases_stock_and_charges_nothing() ->
         .expect("a cancelled shipment record");
     assert_eq!(shipment.status, "cancelled");
 
-    let finished = cancel(&system, order_id).await?;
+    let finished = system.cancel_order(order_id).await?;
     assert_eq!(finished.status, 409, "{}", finished.text);
     assert!(finished.body["error"].is_string());
     system.check_invariants().await?;
@@ -100,7 +87,7 @@ async fn a_cancel_after_payment_refunds_it_and_no_shipment_ever_goes_out() -> an
         .place_accepted_order(&OrderRequest::new("LATE-MUG", 1))
         .await?;
     wait_history(&system, order_id, "payment.authorized").await?;
-    let accepted = cancel(&system, order_id).await?;
+    let accepted = system.cancel_order(order_id).await?;
     assert_eq!(accepted.status, 202, "{}", accepted.text);
 
     // Fulfillment wakes up to the payment and the cancellation, in whichever order: a

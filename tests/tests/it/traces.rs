@@ -13,7 +13,6 @@ use e2e::faults::{EMPTY_SKU, STOCKED_SKU, stock_products};
 use e2e::otlp::{OtlpReceiver, ReceivedSpan, SpanKind, summarize};
 use e2e::polling::{Check, SAGA_TIMEOUT, wait_for};
 use e2e::system::{Service, System, SystemOptions};
-use reqwest::Method;
 
 /// How long the services' batch exporters may take to deliver the last spans.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -399,15 +398,7 @@ async fn a_customers_cancel_joins_the_sagas_trace() -> anyhow::Result<()> {
         })
     })
     .await?;
-    let cancel = system
-        .request(
-            Method::POST,
-            Service::Order,
-            &format!("/orders/{order_id}/cancel"),
-            None,
-            &[],
-        )
-        .await?;
+    let cancel = system.cancel_order(order_id).await?;
     ensure!(
         cancel.status == 202,
         "cancel answered {}: {}",
