@@ -1,8 +1,49 @@
-//! The consumer loop: durable pull consumers with explicit acks, bounded concurrency, the
-//! inbox and the handler's effect in one transaction, acks only after commit, retries with
-//! backoff for transient errors, and the dead-letter stream for what can never be processed.
+//! The consumer loop: durable pull consumers with explicit acks, the messages of one key in
+//! order and different keys concurrently, the inbox and the handler's effect in one
+//! transaction, acks only after commit, retries with backoff for transient errors, and the
+//! dead-letter stream for what can never be processed.
+//!
+//! # Ordering
+//!
+//! A message's key is the last token of its subject, `<type>.<key>`: the order id, or the SKU
+//! of a catalogue event. The loop processes the messages of one key one after another, in the
+//! order it received them, and different keys concurrently, up to `concurrency` at once. A
+//! message whose key is busy waits in that key's queue without taking a slot, so it holds up
+//! the messages of its own key and no others.
+//!
+//! What this promises: within one consumer — one service's durable consumer on one stream, in
+//! one process — a message's handler starts only after the previous message of its key has
+//! been settled (committed and acked, Nak'ed for a retry, or dead-lettered). Without failures
+//! JetStream delivers in stream order, so the events of one order on one stream take effect in
+//! the order they were stored, and two of them never contend for the order's rows.
+//!
+//! What it does not promise:
+//! - Order across a redelivery. A message that fails transiently is Nak'ed with a delay and
+//!   its key moves on to the next message, so the retry lands after later events of the key
+//!   (holding the key instead would stall an order behind a message that may end in `DLQ`).
+//!   Messages left unacked by a crash, or prefetched by the client but not yet taken by the
+//!   loop when it stops, are redelivered after `ack_wait`, after later ones too.
+//! - Order across streams: a service has one consumer per stream, so one order's
+//!   `inventory.reserved` and `payment.authorized` are consumed independently of each other.
+//! - Order across replicas: replicas of a service share the durable consumer, and each gets
+//!   some of a key's messages.
+//!
+//! So handlers stay idempotent and fold facts monotonically ("facts may arrive in any order",
+//! ARCHITECTURE.md); per-key order makes the usual case deterministic, it is not what
+//! correctness rests on.
+//!
+//! # Bounds
+//!
+//! The loop holds at most one pull batch of messages (processing plus waiting) and pulls
+//! nothing more while it is full; the client requests at most one and a half batches ahead
+//! of what the loop has pulled, so what is taken from the server stays bounded. A
+//! message waiting for its key is sent `AckKind::Progress` every third of `ack_wait`, so
+//! queueing alone never makes JetStream redeliver it. The price of the bound: one busy key
+//! can fill the whole window, and the consumer then goes at that key's pace until it drains.
 
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -12,9 +53,11 @@ use async_nats::jetstream::{self, AckKind, Message, consumer::pull, message::Pub
 use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use events::streams::{Context, dlq_subject, type_filter};
 use events::{Envelope, Event};
-use futures::{StreamExt, TryStreamExt};
+use futures::stream::FuturesUnordered;
+use futures::{Stream, StreamExt};
 use sqlx::{PgConnection, PgPool};
 use thiserror::Error;
+use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
 
@@ -208,7 +251,7 @@ impl<H: Handler> Consumer<H> {
             .await?;
         let messages = consumer
             .stream()
-            .max_messages_per_batch(self.options.concurrency * 2)
+            .max_messages_per_batch(self.batch_size())
             .messages()
             .await?;
 
@@ -216,16 +259,86 @@ impl<H: Handler> Consumer<H> {
         *consumed = true;
         tracing::info!(consumer = %self.name, "consuming");
         // Stop pulling when asked; messages already taken finish before this returns.
-        let result = messages
-            .take_until(stop.cancelled())
-            .map_err(anyhow::Error::from)
-            .try_for_each_concurrent(self.options.concurrency, |message| async move {
-                self.process(message).await;
-                Ok(())
-            })
+        let result = self
+            .process_in_key_order(messages.take_until(stop.cancelled()))
             .await;
         health.running.fetch_sub(1, Ordering::SeqCst);
         result
+    }
+
+    /// Messages asked of the server per pull request, and the most the loop holds at once.
+    fn batch_size(&self) -> usize {
+        self.options.concurrency.max(1) * 2
+    }
+
+    /// Processes what `messages` yields until it ends or fails: one message at a time per
+    /// key, up to `concurrency` keys at once (see the module's documentation). Returns once
+    /// every message it took has been processed, then the stream's error if there was one.
+    ///
+    /// Everything runs in this one task, as `for_each_concurrent` would: the deliveries borrow
+    /// the consumer, and only this loop touches the key queues, so they need no lock.
+    async fn process_in_key_order<E>(
+        &self,
+        messages: impl Stream<Item = Result<Message, E>>,
+    ) -> anyhow::Result<()>
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let concurrency = self.options.concurrency.max(1);
+        let held_limit = self.batch_size();
+        let mut messages = pin!(messages);
+        let mut keys: KeyQueues<Message> = KeyQueues::default();
+        // One delivery per busy key; each hands its key back when done.
+        let mut processing = FuturesUnordered::new();
+        let mut pulling = true;
+        let mut failure = None;
+        let mut progress = tokio::time::interval(progress_interval(self.options.ack_wait));
+        progress.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            // Pull only when the next message, whatever its key, has somewhere to go: a free
+            // slot if its key is idle, room in the window if it must wait. A message for an
+            // idle key therefore always starts at once, and what waits stays bounded.
+            let room = processing.len() < concurrency && keys.held() < held_limit;
+            tokio::select! {
+                Some(key) = processing.next(), if !processing.is_empty() => {
+                    if let Some((key, next)) = keys.finish(key) {
+                        processing.push(self.process_in_turn(key, next));
+                    }
+                }
+                pulled = messages.next(), if pulling && room => match pulled {
+                    Some(Ok(message)) => {
+                        let key = ordering_key(&message.subject).to_owned();
+                        if let Some((key, message)) = keys.arrive(key, message) {
+                            processing.push(self.process_in_turn(key, message));
+                        }
+                    }
+                    // The stream is broken (a deleted consumer, a lost connection): take
+                    // nothing more, finish what was taken, then let `run` recreate it.
+                    Some(Err(error)) => {
+                        pulling = false;
+                        failure = Some(error);
+                    }
+                    None => pulling = false,
+                },
+                _ = progress.tick(), if keys.waiting() > 0 => {
+                    // Waiting for its key is not a reason for JetStream to redeliver it.
+                    for message in keys.waiting_messages() {
+                        ack(message, AckKind::Progress).await;
+                    }
+                }
+                else => break,
+            }
+        }
+        match failure {
+            Some(error) => Err(error.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Processes one message and hands its key back, so the key's next message can start.
+    async fn process_in_turn(&self, key: String, message: Message) -> String {
+        self.process(message).await;
+        key
     }
 
     async fn process(&self, message: Message) {
@@ -441,6 +554,84 @@ async fn ack(message: &Message, kind: AckKind) {
     }
 }
 
+/// The key that orders a message: the last token of its subject (`<type>.<key>`), the order
+/// id or the SKU, shared by every event type of one order.
+fn ordering_key(subject: &str) -> &str {
+    subject.rsplit_once('.').map_or(subject, |(_, key)| key)
+}
+
+/// How often a message waiting for its key tells JetStream it is still being worked on:
+/// three times per `ack_wait`, so one late tick still comes in time.
+fn progress_interval(ack_wait: Duration) -> Duration {
+    (ack_wait / 3).max(Duration::from_millis(10))
+}
+
+/// The messages of every busy key — one with a message being processed — that arrived after
+/// that message, in delivery order. A key is in the map exactly while it is busy, so the map
+/// has at most `concurrency` entries and forgets keys as soon as they go idle.
+#[derive(Debug)]
+struct KeyQueues<T> {
+    waiting_by_key: HashMap<String, VecDeque<T>>,
+    waiting: usize,
+}
+
+impl<T> Default for KeyQueues<T> {
+    fn default() -> Self {
+        KeyQueues {
+            waiting_by_key: HashMap::new(),
+            waiting: 0,
+        }
+    }
+}
+
+impl<T> KeyQueues<T> {
+    /// A message of `key` arrived: handed back to be processed now if its key was idle (the
+    /// key is busy from then on), else kept to wait behind the messages of its key.
+    fn arrive(&mut self, key: String, message: T) -> Option<(String, T)> {
+        match self.waiting_by_key.get_mut(&key) {
+            Some(queue) => {
+                queue.push_back(message);
+                self.waiting += 1;
+                None
+            }
+            None => {
+                self.waiting_by_key.insert(key.clone(), VecDeque::new());
+                Some((key, message))
+            }
+        }
+    }
+
+    /// The message of `key` being processed is done: hands back the key's next message to
+    /// process, or `None` and the key is idle again.
+    fn finish(&mut self, key: String) -> Option<(String, T)> {
+        let queue = self.waiting_by_key.get_mut(&key)?;
+        match queue.pop_front() {
+            Some(next) => {
+                self.waiting -= 1;
+                Some((key, next))
+            }
+            None => {
+                self.waiting_by_key.remove(&key);
+                None
+            }
+        }
+    }
+
+    /// Messages waiting for their key.
+    fn waiting(&self) -> usize {
+        self.waiting
+    }
+
+    /// Messages held: one being processed per busy key, plus those waiting.
+    fn held(&self) -> usize {
+        self.waiting_by_key.len() + self.waiting
+    }
+
+    fn waiting_messages(&self) -> impl Iterator<Item = &T> {
+        self.waiting_by_key.values().flatten()
+    }
+}
+
 /// Backoff between deliveries of a message that failed: 0.5 s, 1 s, 2 s, ... up to 30 s.
 fn redelivery_delay(delivery: i64) -> Duration {
     let attempt = usize::try_from(delivery.max(1) - 1).unwrap_or(0);
@@ -472,6 +663,96 @@ mod tests {
         assert_eq!(redelivery_delay(2), Duration::from_secs(1));
         assert_eq!(redelivery_delay(3), Duration::from_secs(2));
         assert_eq!(redelivery_delay(50), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_ordering_key_is_the_last_token_of_the_subject() {
+        let order_id = "0199a8f2-7c1e-7b3a-9d4e-2f6a1b3c4d5e";
+        assert_eq!(ordering_key(&format!("order.placed.{order_id}")), order_id);
+        assert_eq!(
+            ordering_key(&format!("order.cancellation_requested.{order_id}")),
+            order_id
+        );
+        assert_eq!(
+            ordering_key("inventory.product_updated.MUG-01_b"),
+            "MUG-01_b"
+        );
+        assert_eq!(ordering_key("no-dots"), "no-dots");
+        assert_eq!(ordering_key("trailing."), "");
+    }
+
+    #[test]
+    fn every_event_type_of_one_order_shares_its_key() {
+        let order_id = uuid::Uuid::now_v7().to_string();
+        let subjects = [
+            events::streams::subject("order.placed", &order_id),
+            events::streams::subject("order.cancellation_requested", &order_id),
+            events::streams::subject("order.completed", &order_id),
+        ];
+        for subject in &subjects {
+            assert_eq!(ordering_key(subject), order_id);
+        }
+    }
+
+    /// Hands `message` of `key` to `keys`; returns it if it may start now.
+    fn arrive(keys: &mut KeyQueues<u32>, key: &str, message: u32) -> Option<u32> {
+        keys.arrive(key.to_owned(), message)
+            .map(|(_, message)| message)
+    }
+
+    /// Tells `keys` the message of `key` is done; returns the key's next message, if any.
+    fn finish(keys: &mut KeyQueues<u32>, key: &str) -> Option<u32> {
+        keys.finish(key.to_owned()).map(|(_, message)| message)
+    }
+
+    #[test]
+    fn a_message_of_an_idle_key_starts_at_once() {
+        let mut keys = KeyQueues::default();
+        assert_eq!(arrive(&mut keys, "a", 1), Some(1));
+        assert_eq!(arrive(&mut keys, "b", 2), Some(2));
+        assert_eq!((keys.held(), keys.waiting()), (2, 0));
+    }
+
+    #[test]
+    fn messages_of_a_busy_key_wait_and_come_out_in_arrival_order() {
+        let mut keys = KeyQueues::default();
+        assert_eq!(arrive(&mut keys, "a", 1), Some(1));
+        assert_eq!(arrive(&mut keys, "a", 2), None);
+        assert_eq!(arrive(&mut keys, "b", 10), Some(10));
+        assert_eq!(arrive(&mut keys, "a", 3), None);
+        assert_eq!((keys.held(), keys.waiting()), (4, 2));
+        let mut waiting: Vec<_> = keys.waiting_messages().copied().collect();
+        waiting.sort_unstable();
+        assert_eq!(waiting, [2, 3]);
+
+        assert_eq!(finish(&mut keys, "a"), Some(2));
+        assert_eq!(finish(&mut keys, "b"), None);
+        assert_eq!(finish(&mut keys, "a"), Some(3));
+        assert_eq!((keys.held(), keys.waiting()), (1, 0));
+        assert_eq!(finish(&mut keys, "a"), None);
+        assert_eq!(keys.held(), 0);
+    }
+
+    #[test]
+    fn a_key_is_forgotten_once_its_queue_drains() {
+        let mut keys = KeyQueues::default();
+        assert_eq!(arrive(&mut keys, "a", 1), Some(1));
+        assert_eq!(finish(&mut keys, "a"), None);
+        assert!(keys.waiting_by_key.is_empty());
+        // Idle again: the next message of the key starts at once.
+        assert_eq!(arrive(&mut keys, "a", 2), Some(2));
+        // A key that is not busy has nothing to hand over.
+        assert_eq!(finish(&mut keys, "unknown"), None);
+    }
+
+    #[test]
+    fn waiting_messages_are_kept_alive_several_times_per_ack_wait() {
+        assert_eq!(
+            progress_interval(Duration::from_secs(30)),
+            Duration::from_secs(10)
+        );
+        assert!(progress_interval(Duration::from_secs(2)) < Duration::from_secs(1));
+        assert!(!progress_interval(Duration::ZERO).is_zero());
     }
 
     #[test]
