@@ -1,22 +1,27 @@
 //! HTTP basics every service shares: the JSON error type, a JSON body extractor whose
-//! rejections are JSON errors naming the problem, health and metrics endpoints, middleware.
+//! rejections are JSON errors naming the problem, health, metrics and OpenAPI endpoints,
+//! middleware.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, MatchedPath, Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Json, Router};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::json;
 use sqlx::PgPool;
 use thiserror::Error;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::{Level, Span};
+use utoipa::ToSchema;
+use utoipa::openapi::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::consumer::ConsumerHealth;
 use crate::metrics::{Scrape, serve_metrics, track_http};
@@ -24,6 +29,19 @@ use crate::telemetry;
 
 /// Largest request body any service accepts.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// A request still unanswered after this is answered `408`.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The JSON body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, for a person to act on.
+    pub error: String,
+    /// The request field at fault (e.g. `items[0].quantity`), when one field is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub field: Option<String>,
+}
 
 /// An error answered to an HTTP client as `{"error": "..."}`. Client errors say what to fix;
 /// server errors are logged here, once, and answered opaquely.
@@ -87,9 +105,13 @@ impl IntoResponse for ApiError {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
-        let body = match &self {
-            ApiError::Invalid { field, .. } => json!({ "error": self.to_string(), "field": field }),
-            _ => json!({ "error": self.to_string() }),
+        let field = match &self {
+            ApiError::Invalid { field, .. } => Some(field.clone()),
+            _ => None,
+        };
+        let body = ErrorBody {
+            error: self.to_string(),
+            field,
         };
         (status, Json(body)).into_response()
     }
@@ -123,15 +145,50 @@ pub struct Readiness {
 /// `/healthz` (the process is alive) and `/readyz` (database and NATS reachable, every
 /// consumer pulling).
 pub fn health_routes(readiness: Readiness) -> Router {
-    Router::new()
-        .route(
-            "/healthz",
-            get(|| async { Json(json!({ "status": "ok" })) }),
-        )
-        .route("/readyz", get(ready))
-        .with_state(readiness)
+    Router::from(health_api().with_state(readiness))
 }
 
+pub(crate) fn health_api() -> OpenApiRouter<Readiness> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(ready))
+}
+
+/// What `/healthz` answers.
+#[derive(Debug, Serialize, ToSchema)]
+struct Liveness {
+    #[schema(inline)]
+    status: Alive,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum Alive {
+    Ok,
+}
+
+/// What `/readyz` answers: which dependency is reachable.
+#[derive(Debug, Serialize, ToSchema)]
+struct ReadinessReport {
+    database: bool,
+    nats: bool,
+    consumers: bool,
+}
+
+/// The process is alive.
+#[utoipa::path(get, path = "/healthz", tag = crate::openapi::OPERATIONS, responses(
+    (status = 200, description = "The process answers", body = Liveness),
+))]
+async fn healthz() -> Json<Liveness> {
+    Json(Liveness { status: Alive::Ok })
+}
+
+/// The database and NATS are reachable and every consumer is pulling.
+#[utoipa::path(get, path = "/readyz", tag = crate::openapi::OPERATIONS, responses(
+    (status = 200, description = "Ready for traffic", body = ReadinessReport),
+    (status = 503, description = "Not ready; the body says what is missing",
+        body = ReadinessReport),
+))]
 async fn ready(State(readiness): State<Readiness>) -> Response {
     let database = tokio::time::timeout(
         Duration::from_secs(2),
@@ -141,7 +198,11 @@ async fn ready(State(readiness): State<Readiness>) -> Response {
     .is_ok_and(|result| result.is_ok());
     let nats = readiness.nats.connection_state() == async_nats::connection::State::Connected;
     let consumers = readiness.consumers.all_running();
-    let body = Json(json!({ "database": database, "nats": nats, "consumers": consumers }));
+    let body = Json(ReadinessReport {
+        database,
+        nats,
+        consumers,
+    });
     if database && nats && consumers {
         (StatusCode::OK, body).into_response()
     } else {
@@ -149,17 +210,56 @@ async fn ready(State(readiness): State<Readiness>) -> Response {
     }
 }
 
-/// Adds `/metrics`, the shared middleware and JSON fallbacks to a service's routes.
-pub fn finish(routes: Router, readiness: Readiness, scrape: Scrape) -> Router {
+pub(crate) fn metrics_api() -> OpenApiRouter<Scrape> {
+    OpenApiRouter::new().routes(routes!(metrics))
+}
+
+/// The service's Prometheus metrics; OpenMetrics when the `Accept` header asks for it.
+// A wrapper, so that the route's documentation sits with the other shared routes'.
+#[utoipa::path(get, path = "/metrics", tag = crate::openapi::OPERATIONS, responses(
+    (status = 200, description = "The metrics, as Prometheus text or OpenMetrics", content(
+        (String = "text/plain; version=0.0.4; charset=utf-8"),
+        (String = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    )),
+))]
+async fn metrics(scrape: State<Scrape>, headers: HeaderMap) -> Response {
+    serve_metrics(scrape, headers).await
+}
+
+pub(crate) fn document_api() -> OpenApiRouter<Arc<OpenApi>> {
+    OpenApiRouter::new().routes(routes!(openapi_json))
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = crate::openapi::OPERATIONS, responses(
+    (status = 200, description = "The service's OpenAPI document", content(
+        (Object = "application/json"),
+    )),
+    (status = 500, description = "The document could not be serialised", body = ErrorBody),
+))]
+async fn openapi_json(State(document): State<Arc<OpenApi>>) -> Result<Response, ApiError> {
+    let body = document
+        .to_json()
+        .context("failed to serialise the OpenAPI document")?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// Adds `/healthz`, `/readyz`, `/metrics`, `/openapi.json` (the routes' documentation,
+/// completed by [`crate::openapi::document`]), the shared middleware and JSON fallbacks to a
+/// service's routes.
+pub fn finish(routes: OpenApiRouter, readiness: Readiness, scrape: Scrape) -> Router {
     let metrics = scrape.metrics.clone();
+    let (routes, api) = routes.split_for_parts();
+    let document = Arc::new(crate::openapi::document(api));
     routes
         .merge(health_routes(readiness))
-        .route("/metrics", get(serve_metrics).with_state(scrape))
+        .merge(Router::from(metrics_api().with_state(scrape)))
+        .merge(Router::from(document_api().with_state(document)))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(10),
+            REQUEST_TIMEOUT,
         ))
         // Server errors are logged once, by `ApiError`; a 503 from /readyz is no failure.
         .layer(

@@ -1,6 +1,7 @@
 //! What every service needs, written once: configuration, the database and its migrations,
 //! JetStream setup, the transactional outbox and its relay, the inbox, the consumer loop
-//! with retries and dead letters, HTTP basics, Prometheus metrics, logs, and the service lifecycle.
+//! with retries and dead letters, HTTP basics and the OpenAPI document, Prometheus metrics,
+//! logs, and the service lifecycle.
 //!
 //! A service supplies its domain (an HTTP router and a [`consumer::Handler`]) and gets the
 //! rest from here; see [`service::Service`].
@@ -12,6 +13,7 @@ pub mod http;
 pub mod inbox;
 pub mod jetstream;
 pub mod metrics;
+pub mod openapi;
 pub mod outbox;
 pub mod replay;
 pub mod service;

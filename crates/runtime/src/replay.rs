@@ -18,9 +18,13 @@ use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull};
 use events::Envelope;
 use events::streams::{Context, type_filter};
 use futures::StreamExt;
+use sqlx::migrate::Migrator;
 use sqlx::{PgConnection, PgPool};
 
 use crate::consumer::{HandlerError, Incoming};
+use crate::jetstream::{context_stream, ensure_streams};
+use crate::service::Platform;
+use crate::settings::{Identity, Settings};
 
 /// Events applied per transaction while replaying.
 const BATCH: usize = 500;
@@ -120,6 +124,33 @@ pub async fn rebuild<P: Projection>(
         "rebuilt and switched in"
     );
     Ok(rebuilt)
+}
+
+/// A service binary's rebuild command: connects with the service's own settings (migrating
+/// its database like a start would), makes sure the stream exists, rebuilds `projection`,
+/// and prints what it did.
+pub async fn rebuild_command<P: Projection>(
+    identity: Identity,
+    settings: Settings,
+    migrations: &Migrator,
+    projection: &P,
+) -> anyhow::Result<()> {
+    let platform = Platform::connect(identity, settings, migrations).await?;
+    let replicas = platform.settings.stream_replicas;
+    ensure_streams(
+        &platform.jetstream,
+        vec![context_stream(projection.stream(), replicas)],
+    )
+    .await?;
+    let rebuilt = rebuild(&platform.pool, &platform.jetstream, projection).await?;
+    println!(
+        "{} rebuilt from {} events ({} up to sequence {}) and switched in",
+        P::TABLE,
+        rebuilt.events,
+        projection.stream().stream(),
+        rebuilt.up_to_sequence
+    );
+    Ok(())
 }
 
 /// Applies a batch to the copy inside `tx`.

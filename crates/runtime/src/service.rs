@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
-use axum::Router;
 use events::streams::Context;
 use futures::future::BoxFuture;
 use sqlx::PgPool;
@@ -16,6 +15,7 @@ use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::consumer::{Consumer, ConsumerHealth, ConsumerOptions, Handler, Subscription};
 use crate::database::{connect_and_migrate, redact};
@@ -74,7 +74,8 @@ pub type Worker = Box<dyn FnOnce(CancellationToken) -> BoxFuture<'static, ()> + 
 /// What a service adds to the platform: its HTTP routes, the stream it publishes to, what it
 /// subscribes to, how it reacts, and any background workers of its own.
 pub struct Domain<H> {
-    pub routes: Router,
+    /// The service's routes with their OpenAPI documentation (`GET /openapi.json` serves it).
+    pub routes: OpenApiRouter,
     pub publishes: Option<Context>,
     pub subscriptions: Vec<Subscription>,
     pub handler: H,

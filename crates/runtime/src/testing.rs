@@ -164,8 +164,12 @@ pub async fn deliver_concurrently<H: Handler>(
 }
 
 /// Hands `request` to `router`, as the server would, and reads the answer's JSON body.
-pub async fn call(router: Router, request: Request<Body>) -> (StatusCode, Value) {
-    let response = router.oneshot(request).await.expect("routers never fail");
+pub async fn call(router: impl Into<Router>, request: Request<Body>) -> (StatusCode, Value) {
+    let response = router
+        .into()
+        .oneshot(request)
+        .await
+        .expect("routers never fail");
     let status = response.status();
     let body = axum::body::to_bytes(response.into_body(), usize::MAX)
         .await

@@ -1,33 +1,67 @@
 //! The fulfillment service's HTTP API: `GET /shipments/{order_id}`.
 
+use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::routing::get;
-use axum::{Json, Router};
-use runtime::http::ApiError;
+use runtime::http::{ApiError, ErrorBody};
 use serde::Serialize;
 use sqlx::PgPool;
+use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::domain::{Shipment, ShipmentStatus};
 use crate::store;
 
-/// The service's routes; health, metrics and middleware are added by the runtime.
-pub fn routes(pool: PgPool) -> Router {
-    Router::new()
-        .route("/shipments/{order_id}", get(get_shipment))
-        .with_state(pool)
+/// The document's head; its paths come from the routes' annotations.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "fulfillment service",
+        description = "The shipment of each paid order: scheduled with a carrier, or failed \
+                       for a destination no carrier serves."
+    ),
+    tags((name = "shipments", description = "Shipments, by order")),
+)]
+struct ApiDoc;
+
+/// The service's routes with their documentation; health, metrics and middleware are added
+/// by the runtime.
+pub fn routes(pool: PgPool) -> OpenApiRouter {
+    api().with_state(pool)
+}
+
+/// The routes, each registered at the path and method its annotation documents.
+pub fn api() -> OpenApiRouter<PgPool> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).routes(routes!(get_shipment))
+}
+
+/// Every status `ShipmentStatus::as_str` spells.
+const STATUSES: [&str; 3] = ["scheduled", "failed", "cancelled"];
+
+fn status_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(STATUSES))
+        .build()
 }
 
 /// A shipment as clients see it; fields that do not apply to its status are null.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ShipmentView {
     pub order_id: Uuid,
-    /// `scheduled` or `failed`.
+    #[schema(schema_with = status_schema)]
     pub status: &'static str,
+    /// Set once scheduled (and kept when cancelled after that).
+    #[schema(required = true)]
     pub shipment_id: Option<Uuid>,
+    /// Set once scheduled (and kept when cancelled after that).
+    #[schema(required = true)]
     pub carrier: Option<String>,
-    /// Why the order cannot be shipped.
+    /// Why the order cannot be shipped; set when failed.
+    #[schema(required = true)]
     pub reason: Option<String>,
 }
 
@@ -55,6 +89,25 @@ impl From<Shipment> for ShipmentView {
     }
 }
 
+/// The order a path names, for the document.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct OrderIdPath {
+    /// The order's id; anything but a UUID names no order.
+    pub order_id: Uuid,
+}
+
+/// Reads an order's shipment.
+#[utoipa::path(
+    get,
+    path = "/shipments/{order_id}",
+    tag = "shipments",
+    params(OrderIdPath),
+    responses(
+        (status = 200, description = "The shipment", body = ShipmentView),
+        (status = 404, description = "No shipment for this order (yet)", body = ErrorBody),
+    )
+)]
 async fn get_shipment(
     State(pool): State<PgPool>,
     path: Result<Path<String>, PathRejection>,
@@ -73,4 +126,28 @@ async fn show_shipment(pool: &PgPool, order_id: Uuid) -> Result<Json<ShipmentVie
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no shipment for order {order_id}")))?;
     Ok(Json(ShipmentView::from(shipment)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_lists_every_status() {
+        let every = [
+            ShipmentStatus::Scheduled {
+                shipment_id: Uuid::nil(),
+                carrier: "postnl".to_owned(),
+            },
+            ShipmentStatus::Failed {
+                reason: "unservable".to_owned(),
+            },
+            ShipmentStatus::Cancelled {
+                shipment_id: None,
+                carrier: None,
+            },
+        ];
+        let spelt: Vec<&str> = every.iter().map(ShipmentStatus::as_str).collect();
+        assert_eq!(spelt, STATUSES);
+    }
 }

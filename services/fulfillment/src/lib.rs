@@ -27,6 +27,11 @@ pub const IDENTITY: Identity = Identity {
 /// The service's own tables (the runtime adds the outbox and inbox).
 static MIGRATIONS: Migrator = sqlx::migrate!();
 
+/// The service's OpenAPI document, as `GET /openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    runtime::openapi::document(http::api().into_openapi())
+}
+
 /// Connects the database (creating and migrating it) and NATS, creates the streams and binds
 /// the HTTP listener. Run the result with [`Service::run_until_stopped`].
 pub async fn build(settings: Settings) -> anyhow::Result<Service<Reactions>> {

@@ -20,6 +20,11 @@ pub const IDENTITY: Identity = Identity {
 
 static MIGRATIONS: Migrator = sqlx::migrate!();
 
+/// The service's OpenAPI document, as `GET /openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    runtime::openapi::document(http::api().into_openapi())
+}
+
 /// Connects, migrates and binds the inventory service, ready to run.
 pub async fn build(settings: Settings) -> anyhow::Result<Service<reactions::Reactions>> {
     let platform = Platform::connect(IDENTITY, settings, &MIGRATIONS).await?;

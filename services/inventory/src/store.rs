@@ -6,18 +6,26 @@ use events::inventory::StockLine;
 use serde::Serialize;
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::domain::{Reservation, ReservationStatus};
 
 /// A product as the HTTP API shows it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
 pub struct Product {
     pub sku: String,
     pub name: String,
+    #[schema(minimum = 0)]
     pub price_cents: i64,
+    /// Units in stock.
+    #[schema(minimum = 0)]
     pub on_hand: i64,
+    /// Units held for open orders.
+    #[schema(minimum = 0)]
     pub reserved: i64,
+    /// `on_hand - reserved`: what new orders can have.
+    #[schema(minimum = 0)]
     pub available: i64,
 }
 

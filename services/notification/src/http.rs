@@ -1,29 +1,56 @@
 //! The notification service's HTTP API: `GET /notifications?order_id=`.
 
+use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::routing::get;
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use runtime::http::ApiError;
+use runtime::http::{ApiError, ErrorBody};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
+use crate::domain::NotificationKind;
 use crate::store::{self, SentNotification};
 
-/// The service's routes; health, metrics and middleware are added by the runtime.
-pub fn routes(pool: PgPool) -> Router {
-    Router::new()
-        .route("/notifications", get(list_notifications))
-        .with_state(pool)
+/// The document's head; its paths come from the routes' annotations.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "notification service",
+        description = "What each customer was told about their order, once per kind of news."
+    ),
+    tags((name = "notifications", description = "Notifications sent, by order")),
+)]
+struct ApiDoc;
+
+/// The service's routes with their documentation; health, metrics and middleware are added
+/// by the runtime.
+pub fn routes(pool: PgPool) -> OpenApiRouter {
+    api().with_state(pool)
+}
+
+/// The routes, each registered at the path and method its annotation documents.
+pub fn api() -> OpenApiRouter<PgPool> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).routes(routes!(list_notifications))
+}
+
+fn kind_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(NotificationKind::ALL.map(NotificationKind::as_str)))
+        .build()
 }
 
 /// A notification as clients see it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct NotificationView {
-    /// `placed`, `shipment_scheduled`, `completed`, `cancelled` or `rejected`.
+    #[schema(schema_with = kind_schema)]
     pub kind: &'static str,
+    /// The customer's e-mail address.
     pub recipient: String,
     pub sent_at: DateTime<Utc>,
 }
@@ -43,6 +70,26 @@ struct NotificationsQuery {
     order_id: Option<String>,
 }
 
+/// The query of `GET /notifications`, for the document.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct NotificationsParams {
+    /// The order whose notifications to list.
+    pub order_id: Uuid,
+}
+
+/// Lists the notifications sent about an order.
+#[utoipa::path(
+    get,
+    path = "/notifications",
+    tag = "notifications",
+    params(NotificationsParams),
+    responses(
+        (status = 200, description = "The notifications, oldest first; none for an unknown \
+                                      order", body = Vec<NotificationView>),
+        (status = 400, description = "`order_id` is missing or not a UUID", body = ErrorBody),
+    )
+)]
 async fn list_notifications(
     State(pool): State<PgPool>,
     query: Result<Query<NotificationsQuery>, QueryRejection>,

@@ -25,7 +25,7 @@ impl Handler for Reactions {
         let event = &incoming.event;
         match event {
             Event::OrderPlaced(placed) => {
-                store::insert_contact(tx, placed.order_id, &domain::contact_of(placed)).await?;
+                apply_to_contacts(tx, incoming).await?;
                 notify(tx, placed.order_id, event).await
             }
             Event::FulfillmentScheduled(e) => notify(tx, e.order_id, event).await,
@@ -35,6 +35,18 @@ impl Handler for Reactions {
             _ => Ok(vec![]),
         }
     }
+}
+
+/// Folds an `order.placed` into the contacts read model: the live consumer and a rebuild from
+/// the stream (`contacts::ContactsProjection`) run this same code.
+pub async fn apply_to_contacts(
+    tx: &mut PgConnection,
+    incoming: &Incoming,
+) -> Result<(), HandlerError> {
+    if let Event::OrderPlaced(placed) = &incoming.event {
+        store::insert_contact(tx, placed.order_id, &domain::contact_of(placed)).await?;
+    }
+    Ok(())
 }
 
 /// Tells the customer about `event`, unless they were told already. Publishes nothing.

@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
 use chrono::{DateTime, Utc};
 use runtime::http::ApiError;
 use sqlx::PgPool;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::domain::Status;
@@ -99,19 +99,32 @@ pub struct RecentOrder {
 }
 
 #[derive(Debug, Clone)]
-struct DashboardState {
+pub struct DashboardState {
     pool: PgPool,
     trace_ui_url: String,
 }
 
 /// `GET /dashboard`; `trace_ui_url` is where order traces are linked to
 /// (`<trace_ui_url>/trace/<trace id>`).
-pub fn routes(pool: PgPool, trace_ui_url: String) -> Router {
-    Router::new()
-        .route("/dashboard", get(dashboard))
-        .with_state(DashboardState { pool, trace_ui_url })
+pub fn routes(pool: PgPool, trace_ui_url: String) -> OpenApiRouter {
+    api().with_state(DashboardState { pool, trace_ui_url })
 }
 
+/// The route, registered at the path and method its annotation documents.
+pub fn api() -> OpenApiRouter<DashboardState> {
+    OpenApiRouter::new().routes(routes!(dashboard))
+}
+
+/// Shows the saga overview.
+///
+/// A page for people, which reloads itself every 5 s.
+#[utoipa::path(
+    get,
+    path = "/dashboard",
+    tag = runtime::openapi::OPERATIONS,
+    responses((status = 200, description = "The page", content_type = "text/html; charset=utf-8",
+        body = String, headers(("Cache-Control" = String, description = "`no-store`"))))
+)]
 async fn dashboard(State(state): State<DashboardState>) -> Result<Response, ApiError> {
     let overview = read_overview(&state.pool).await?;
     let page = render(&overview, &state.trace_ui_url);

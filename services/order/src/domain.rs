@@ -8,12 +8,23 @@
 use std::collections::{HashMap, HashSet};
 
 use events::streams::is_subject_token;
+use runtime::openapi::{NUL, non_blank_text, subject_token, whitespace_class};
 use serde::Deserialize;
+use utoipa::openapi::schema::{ArrayBuilder, Object, ObjectBuilder, SchemaType, Type};
+use utoipa::{PartialSchema, ToSchema};
 
 /// Most lines one order may have.
 pub const MAX_LINES: usize = 100;
 /// Most units of one SKU one order may ask for.
 pub const MAX_QUANTITY: u32 = 1000;
+/// Longest `customer_id`, in characters.
+pub const MAX_CUSTOMER_ID_CHARS: usize = 100;
+/// Longest `email`, in characters (RFC 5321's limit on a path).
+pub const MAX_EMAIL_CHARS: usize = 254;
+/// Longest `payment_method`, in characters.
+pub const MAX_PAYMENT_METHOD_CHARS: usize = 100;
+/// Longest `shipping.address`, in characters.
+pub const MAX_ADDRESS_CHARS: usize = 500;
 
 /// Where an order is in its saga.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +39,16 @@ pub enum Status {
 }
 
 impl Status {
+    pub const ALL: [Status; 7] = [
+        Status::Pending,
+        Status::Reserved,
+        Status::Paid,
+        Status::Cancelling,
+        Status::Completed,
+        Status::Rejected,
+        Status::Cancelled,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Pending => "pending",
@@ -41,17 +62,17 @@ impl Status {
     }
 
     pub fn parse(text: &str) -> Option<Status> {
-        [
-            Status::Pending,
-            Status::Reserved,
-            Status::Paid,
-            Status::Cancelling,
-            Status::Completed,
-            Status::Rejected,
-            Status::Cancelled,
-        ]
-        .into_iter()
-        .find(|status| status.as_str() == text)
+        Status::ALL
+            .into_iter()
+            .find(|status| status.as_str() == text)
+    }
+
+    /// Every status as the API spells it, as a JSON Schema.
+    pub fn schema() -> Object {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(Status::ALL.map(Status::as_str)))
+            .build()
     }
 
     pub fn is_terminal(self) -> bool {
@@ -73,6 +94,14 @@ pub enum Reason {
 }
 
 impl Reason {
+    pub const ALL: [Reason; 5] = [
+        Reason::OutOfStock,
+        Reason::PaymentDeclined,
+        Reason::FulfillmentFailed,
+        Reason::CustomerRequest,
+        Reason::DeadlineExceeded,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::OutOfStock => "out_of_stock",
@@ -84,15 +113,22 @@ impl Reason {
     }
 
     pub fn parse(text: &str) -> Option<Reason> {
-        [
-            Reason::OutOfStock,
-            Reason::PaymentDeclined,
-            Reason::FulfillmentFailed,
-            Reason::CustomerRequest,
-            Reason::DeadlineExceeded,
-        ]
-        .into_iter()
-        .find(|reason| reason.as_str() == text)
+        Reason::ALL
+            .into_iter()
+            .find(|reason| reason.as_str() == text)
+    }
+
+    /// Every reason as the API spells it, or null, as a JSON Schema.
+    pub fn nullable_schema() -> Object {
+        ObjectBuilder::new()
+            .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+            .enum_values(Some(
+                Reason::ALL
+                    .map(|reason| Some(reason.as_str()))
+                    .into_iter()
+                    .chain([None]),
+            ))
+            .build()
     }
 }
 
@@ -277,26 +313,102 @@ fn finish_cancelling(saga: Saga) -> Step {
     }
 }
 
-/// The body of `POST /orders`, as the client sent it.
-#[derive(Debug, Clone, Deserialize)]
+/// An order to place.
+// The body of `POST /orders` as the client sent it; its schema in the API document says
+// what `validate` accepts.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "customer_id": "c-1",
+    "email": "c1@example.com",
+    "items": [{"sku": "MUG", "quantity": 2}],
+    "payment_method": "tok_ok",
+    "shipping": {"country": "NL", "address": "Damrak 1, Amsterdam"},
+}))]
 pub struct OrderRequest {
+    #[schema(schema_with = customer_id_schema)]
     pub customer_id: String,
+    #[schema(schema_with = email_schema)]
     pub email: String,
+    #[schema(schema_with = items_schema)]
     pub items: Vec<ItemRequest>,
+    #[schema(schema_with = payment_method_schema)]
     pub payment_method: String,
     pub shipping: ShippingRequest,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct ItemRequest {
+    #[schema(schema_with = sku_schema)]
     pub sku: String,
+    #[schema(schema_with = quantity_schema)]
     pub quantity: u32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct ShippingRequest {
+    #[schema(schema_with = country_schema)]
     pub country: String,
+    #[schema(schema_with = address_schema)]
     pub address: String,
+}
+
+// What `validate` accepts, field by field, as JSON Schema for the API document.
+
+fn customer_id_schema() -> Object {
+    non_blank_text(MAX_CUSTOMER_ID_CHARS)
+}
+
+fn payment_method_schema() -> Object {
+    let mut schema = non_blank_text(MAX_PAYMENT_METHOD_CHARS);
+    schema.description = Some("`tok_ok` is authorized, `tok_decline` declined".to_owned());
+    schema
+}
+
+fn address_schema() -> Object {
+    non_blank_text(MAX_ADDRESS_CHARS)
+}
+
+/// A local part without `@`, then a domain with a dot that does not start with one; no
+/// whitespace anywhere.
+fn email_schema() -> Object {
+    let space = whitespace_class();
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .max_length(Some(MAX_EMAIL_CHARS))
+        .pattern(Some(format!(
+            "^[^@{NUL}{space}]+@[^.{NUL}{space}][^{NUL}{space}]*\\.[^{NUL}{space}]*$"
+        )))
+        .build()
+}
+
+fn items_schema() -> ArrayBuilder {
+    ArrayBuilder::new()
+        .description(Some("One line per SKU"))
+        .items(ItemRequest::schema())
+        .min_items(Some(1))
+        .max_items(Some(MAX_LINES))
+}
+
+fn quantity_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(1))
+        .maximum(Some(MAX_QUANTITY))
+        .build()
+}
+
+fn sku_schema() -> Object {
+    let mut schema = subject_token();
+    schema.description = Some("A SKU the catalogue knows, at most once per order".to_owned());
+    schema
+}
+
+fn country_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some("ISO 3166-1 alpha-2 code; `AQ` cannot be served"))
+        .pattern(Some("^[A-Z]{2}$"))
+        .build()
 }
 
 /// A request field that is not acceptable, and why.
@@ -336,8 +448,8 @@ pub struct NewOrder {
 /// Checks everything that does not need the catalogue; the first problem found is reported
 /// with the path of its field.
 pub fn validate(request: &OrderRequest) -> Result<(), Invalid> {
-    check_text("customer_id", &request.customer_id, 100)?;
-    check_text("email", &request.email, 254)?;
+    check_text("customer_id", &request.customer_id, MAX_CUSTOMER_ID_CHARS)?;
+    check_text("email", &request.email, MAX_EMAIL_CHARS)?;
     let well_formed_email = request
         .email
         .split_once('@')
@@ -377,7 +489,11 @@ pub fn validate(request: &OrderRequest) -> Result<(), Invalid> {
             ));
         }
     }
-    check_text("payment_method", &request.payment_method, 100)?;
+    check_text(
+        "payment_method",
+        &request.payment_method,
+        MAX_PAYMENT_METHOD_CHARS,
+    )?;
     let country = &request.shipping.country;
     if country.len() != 2 || !country.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err(invalid(
@@ -385,7 +501,11 @@ pub fn validate(request: &OrderRequest) -> Result<(), Invalid> {
             "must be an ISO 3166-1 alpha-2 code such as NL",
         ));
     }
-    check_text("shipping.address", &request.shipping.address, 500)
+    check_text(
+        "shipping.address",
+        &request.shipping.address,
+        MAX_ADDRESS_CHARS,
+    )
 }
 
 fn check_text(field: &str, value: &str, max_chars: usize) -> Result<(), Invalid> {
@@ -397,6 +517,10 @@ fn check_text(field: &str, value: &str, max_chars: usize) -> Result<(), Invalid>
             field,
             format!("must be at most {max_chars} characters"),
         ));
+    }
+    // Postgres text cannot hold NUL; storing it would fail the request with a 500.
+    if value.contains('\0') {
+        return Err(invalid(field, "must not contain NUL characters"));
     }
     Ok(())
 }
@@ -685,6 +809,17 @@ mod tests {
         let mut r = request();
         r.customer_id = "  ".into();
         assert_eq!(field_of(&r), "customer_id");
+    }
+
+    #[test]
+    fn text_postgres_cannot_store_is_invalid() {
+        let mut r = request();
+        r.customer_id = "c-\0".into();
+        assert_eq!(field_of(&r), "customer_id");
+
+        let mut r = request();
+        r.shipping.address = "Damrak 1\0".into();
+        assert_eq!(field_of(&r), "shipping.address");
     }
 
     #[test]

@@ -3,25 +3,47 @@
 
 use std::time::Duration;
 
+use axum::Json;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use events::Event;
 use events::order::{OrderPlaced, Shipping};
-use runtime::http::{ApiError, JsonBody};
+use events::streams::is_subject_token;
+use runtime::http::{ApiError, ErrorBody, JsonBody};
 use runtime::outbox::{Cause, Outbox};
-use serde_json::json;
+use serde::Serialize;
+use serde_json::Value;
 use sqlx::PgPool;
+use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::cancellation::{self, CancelError};
-use crate::domain::{self, Cancellation, Invalid, OrderRequest};
+use crate::domain::{self, Cancellation, Invalid, OrderRequest, Status};
 use crate::store::{self, CatalogueEntry, KeyClaim, OrderView};
 
 /// Longest `Idempotency-Key` accepted.
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
+
+/// The document's head; its paths come from the routes' annotations.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "order service",
+        description = "Places orders (the saga then runs on events), shows their progress, \
+                       cancels them, and serves the catalogue read model orders are priced from."
+    ),
+    tags(
+        (name = "orders", description = "Placing, reading and cancelling orders"),
+        (name = "catalogue", description = "The products orders can be placed for, as the \
+                                            order service last heard of them from inventory"),
+    )
+)]
+struct ApiDoc;
 
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -31,14 +53,20 @@ pub struct AppState {
     pub deadline: Duration,
 }
 
-pub fn routes(state: AppState) -> Router {
-    Router::new()
-        .route("/orders", post(place_order))
-        .route("/orders/{order_id}", get(get_order))
-        .route("/orders/{order_id}/cancel", post(cancel_order))
-        .route("/catalogue", get(list_catalogue))
-        .route("/catalogue/{sku}", get(get_catalogue_entry))
-        .with_state(state)
+/// The service's routes with their documentation; health, metrics and middleware are added
+/// by the runtime.
+pub fn routes(state: AppState) -> OpenApiRouter {
+    api().with_state(state)
+}
+
+/// The routes, each registered at the path and method its annotation documents.
+pub fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(place_order))
+        .routes(routes!(get_order))
+        .routes(routes!(cancel_order))
+        .routes(routes!(list_catalogue))
+        .routes(routes!(get_catalogue_entry))
 }
 
 impl From<Invalid> for ApiError {
@@ -47,29 +75,87 @@ impl From<Invalid> for ApiError {
     }
 }
 
+/// What `202` answers to placing or cancelling an order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderAccepted {
+    pub order_id: Uuid,
+    /// The order's status now.
+    #[schema(schema_with = Status::schema)]
+    pub status: String,
+}
+
 fn accepted(order_id: Uuid, status: &str) -> Response {
     let location = format!("/orders/{order_id}");
-    let mut response = (
-        StatusCode::ACCEPTED,
-        Json(json!({ "order_id": order_id, "status": status })),
-    )
-        .into_response();
+    let body = OrderAccepted {
+        order_id,
+        status: status.to_owned(),
+    };
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
     if let Ok(value) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, value);
     }
     response
 }
 
+/// The headers `POST /orders` reads, for the document.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct PlaceOrderHeaders {
+    #[param(rename = "Idempotency-Key", schema_with = idempotency_key_schema)]
+    pub idempotency_key: Option<String>,
+}
+
+/// 1 to [`MAX_IDEMPOTENCY_KEY_LEN`] visible ASCII characters, spaces and tabs only inside
+/// (HTTP strips them around a header value).
+fn idempotency_key_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(
+            "Makes the request safe to retry: the same key with the same body answers with \
+             the order the first request placed; with another body it is a 422",
+        ))
+        .min_length(Some(1))
+        .max_length(Some(MAX_IDEMPOTENCY_KEY_LEN))
+        .pattern(Some("^[!-~]([\\t -~]*[!-~])?$"))
+        .build()
+}
+
+/// Places an order.
+///
+/// Answered at once: the saga runs on events, and `GET /orders/{order_id}` shows how far it
+/// got.
+#[utoipa::path(
+    post,
+    path = "/orders",
+    tag = "orders",
+    params(PlaceOrderHeaders),
+    request_body = OrderRequest,
+    responses(
+        (status = 202, description = "Placed (or, for a repeated `Idempotency-Key`, placed \
+                                      before); the saga runs on", body = OrderAccepted,
+            headers(("Location" = String, description = "`/orders/{order_id}`"))),
+        (status = 422, description = "A field is invalid, a SKU unknown, or the \
+                                      `Idempotency-Key` was used with another body; `field` \
+                                      names it", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(order.id))]
 async fn place_order(
     State(state): State<AppState>,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<serde_json::Value>,
+    JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
     let idempotency_key = idempotency_key(&headers)?;
     let request: OrderRequest = serde_path_to_error::deserialize(body.clone())
         .map_err(|error| ApiError::invalid(field_of(&error), error.inner().to_string()))?;
     domain::validate(&request)?;
+    // The body is kept with its key as JSONB, which cannot hold NUL even in a field this
+    // service ignores.
+    if idempotency_key.is_some()
+        && let Some(field) = nul_in(&body, "")
+    {
+        return Err(ApiError::invalid(field, "must not contain NUL characters"));
+    }
 
     let order_id = Uuid::now_v7();
     tracing::Span::current().record("order.id", tracing::field::display(order_id));
@@ -147,6 +233,32 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_owned()))
 }
 
+/// The path of the first string (or key) in `value` that holds a NUL, e.g. `extra[2]`.
+fn nul_in(value: &Value, path: &str) -> Option<String> {
+    let field = |name: &str| {
+        if path.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{path}.{name}")
+        }
+    };
+    match value {
+        Value::String(text) => text.contains('\0').then(|| path.to_owned()),
+        Value::Array(values) => values
+            .iter()
+            .enumerate()
+            .find_map(|(index, value)| nul_in(value, &format!("{path}[{index}]"))),
+        Value::Object(fields) => fields.iter().find_map(|(name, value)| {
+            if name.contains('\0') {
+                Some(field(&name.replace('\0', "\\0")))
+            } else {
+                nul_in(value, &field(name))
+            }
+        }),
+        Value::Null | Value::Bool(_) | Value::Number(_) => None,
+    }
+}
+
 /// The field a body error is about, e.g. `items[0].quantity`; for a missing field, the
 /// path of the object plus the name serde reports ("missing field `email`").
 fn field_of(error: &serde_path_to_error::Error<serde_json::Error>) -> String {
@@ -163,10 +275,32 @@ fn field_of(error: &serde_path_to_error::Error<serde_json::Error>) -> String {
     }
 }
 
+/// The order a path names, for the document.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct OrderIdPath {
+    /// The order's id; anything but a UUID names no order.
+    pub order_id: Uuid,
+}
+
+/// Reads an order.
+///
+/// Its status, why it ended so, its lines and total, its trace, and each step of its saga.
+#[utoipa::path(
+    get,
+    path = "/orders/{order_id}",
+    tag = "orders",
+    params(OrderIdPath),
+    responses(
+        (status = 200, description = "The order", body = OrderView),
+        (status = 404, description = "No order has this id", body = ErrorBody),
+    )
+)]
 async fn get_order(
     State(state): State<AppState>,
-    Path(order_id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<OrderView>, ApiError> {
+    let Path(order_id) = path.map_err(|_| no_such_order())?;
     let not_found = || ApiError::NotFound(format!("no order with id {order_id:?}"));
     let id = Uuid::parse_str(&order_id).map_err(|_| not_found())?;
     store::order_view(&state.pool, id)
@@ -175,13 +309,36 @@ async fn get_order(
         .ok_or_else(not_found)
 }
 
-/// `202` while the order can still be undone (again `202` while it is being undone), `409`
-/// once it is terminal.
-#[tracing::instrument(skip_all, fields(order.id = %order_id))]
+/// A path that cannot even be read as text names no order.
+fn no_such_order() -> ApiError {
+    ApiError::NotFound("no order with that id".to_owned())
+}
+
+/// Cancels an order.
+///
+/// `202` while it can still be undone (again `202` while it is being undone), `409` once it
+/// is terminal. Each participant undoes its step; the order is `cancelled` once all have
+/// confirmed.
+#[utoipa::path(
+    post,
+    path = "/orders/{order_id}/cancel",
+    tag = "orders",
+    params(OrderIdPath),
+    responses(
+        (status = 202, description = "Being cancelled", body = OrderAccepted,
+            headers(("Location" = String, description = "`/orders/{order_id}`"))),
+        (status = 404, description = "No order has this id", body = ErrorBody),
+        (status = 409, description = "The order is already completed, rejected or cancelled",
+            body = ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all, fields(order.id))]
 async fn cancel_order(
     State(state): State<AppState>,
-    Path(order_id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let Path(order_id) = path.map_err(|_| no_such_order())?;
+    tracing::Span::current().record("order.id", order_id.as_str());
     let id = Uuid::parse_str(&order_id)
         .map_err(|_| ApiError::NotFound(format!("no order with id {order_id:?}")))?;
     let mut tx = state.pool.begin().await?;
@@ -197,18 +354,71 @@ async fn cancel_order(
     Ok(accepted(id, status.as_str()))
 }
 
+/// Lists the catalogue, by SKU.
+#[utoipa::path(
+    get,
+    path = "/catalogue",
+    tag = "catalogue",
+    responses((status = 200, description = "The catalogue", body = Vec<CatalogueEntry>))
+)]
 async fn list_catalogue(
     State(state): State<AppState>,
 ) -> Result<Json<Vec<CatalogueEntry>>, ApiError> {
     Ok(Json(store::catalogue(&state.pool).await?))
 }
 
+/// A product's SKU; anything but 1 to 64 letters, digits, `-` or `_` names no product.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct SkuPath {
+    #[param(schema_with = runtime::openapi::subject_token)]
+    pub sku: String,
+}
+
+/// Reads one product of the catalogue.
+#[utoipa::path(
+    get,
+    path = "/catalogue/{sku}",
+    tag = "catalogue",
+    params(SkuPath),
+    responses(
+        (status = 200, description = "The product", body = CatalogueEntry),
+        (status = 404, description = "The catalogue has no product with this SKU",
+            body = ErrorBody),
+    )
+)]
 async fn get_catalogue_entry(
     State(state): State<AppState>,
-    Path(sku): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<CatalogueEntry>, ApiError> {
+    let not_found =
+        |sku: &str| ApiError::NotFound(format!("no product with SKU {sku:?} in the catalogue"));
+    let Path(sku) = path
+        .map_err(|_| ApiError::NotFound("no product with that SKU in the catalogue".to_owned()))?;
+    // Anything but a subject token cannot be a SKU (and NUL would fail the query).
+    if !is_subject_token(&sku) {
+        return Err(not_found(&sku));
+    }
     store::catalogue_entry(&state.pool, &sku)
         .await?
         .map(Json)
-        .ok_or_else(|| ApiError::NotFound(format!("no product with SKU {sku:?} in the catalogue")))
+        .ok_or_else(|| not_found(&sku))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_nul_anywhere_in_the_body_is_found_with_its_path() {
+        let body = json!({"customer_id": "c-1", "extra": [1, {"note": "a\0b"}]});
+        assert_eq!(nul_in(&body, ""), Some("extra[1].note".to_owned()));
+        assert_eq!(nul_in(&json!({"k\0": 1}), ""), Some("k\\0".to_owned()));
+        assert_eq!(
+            nul_in(&json!({"customer_id": "c-1", "n": [null, 2]}), ""),
+            None
+        );
+    }
 }

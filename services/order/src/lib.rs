@@ -19,6 +19,7 @@ use runtime::consumer::Subscription;
 use runtime::service::{Domain, Platform, Service, Worker};
 use runtime::settings::{Identity, Settings};
 use sqlx::migrate::Migrator;
+use utoipa_axum::router::OpenApiRouter;
 
 pub const IDENTITY: Identity = Identity {
     name: "order",
@@ -65,43 +66,42 @@ pub enum Command {
 pub async fn run_command(config: Config, command: Command) -> anyhow::Result<()> {
     match command {
         Command::RebuildCatalogue => {
-            let platform = Platform::connect(IDENTITY, config.runtime, &MIGRATIONS).await?;
-            runtime::jetstream::ensure_streams(
-                &platform.jetstream,
-                vec![runtime::jetstream::context_stream(
-                    Context::Inventory,
-                    platform.settings.stream_replicas,
-                )],
-            )
-            .await?;
-            let rebuilt = runtime::replay::rebuild(
-                &platform.pool,
-                &platform.jetstream,
+            runtime::replay::rebuild_command(
+                IDENTITY,
+                config.runtime,
+                &MIGRATIONS,
                 &catalogue::CatalogueProjection,
             )
-            .await?;
-            println!(
-                "catalogue rebuilt from {} events (INVENTORY up to sequence {}) and switched in",
-                rebuilt.events, rebuilt.up_to_sequence
-            );
-            Ok(())
+            .await
         }
     }
+}
+
+/// The service's OpenAPI document, as `GET /openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut api = http::api().into_openapi();
+    api.merge(dashboard::api().into_openapi());
+    runtime::openapi::document(api)
+}
+
+/// The service's own HTTP routes, documented; the runtime adds the shared ones.
+pub fn routes(state: http::AppState, trace_ui_url: String) -> OpenApiRouter {
+    let pool = state.pool.clone();
+    http::routes(state).merge(dashboard::routes(pool, trace_ui_url))
 }
 
 /// Connects, migrates and binds the order service, ready to run.
 pub async fn build(config: Config) -> anyhow::Result<Service<reactions::Reactions>> {
     let platform = Platform::connect(IDENTITY, config.runtime, &MIGRATIONS).await?;
     let saga_metrics = metrics::SagaMetrics::register(&platform.metrics, platform.pool.clone());
-    let routes = http::routes(http::AppState {
-        pool: platform.pool.clone(),
-        outbox: platform.outbox.clone(),
-        deadline: config.deadline,
-    })
-    .merge(dashboard::routes(
-        platform.pool.clone(),
+    let routes = routes(
+        http::AppState {
+            pool: platform.pool.clone(),
+            outbox: platform.outbox.clone(),
+            deadline: config.deadline,
+        },
         config.trace_ui_url,
-    ));
+    );
     let (pool, outbox) = (platform.pool.clone(), platform.outbox.clone());
     let deadline_timer: Worker = Box::new(move |stop| {
         Box::pin(cancellation::sweep_deadlines(

@@ -9,9 +9,11 @@ use events::order::{OrderLine, Shipping};
 use serde::Serialize;
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
+use utoipa::ToSchema;
+use utoipa::openapi::schema::{ArrayBuilder, Object, ObjectBuilder, SchemaType, Type};
 use uuid::Uuid;
 
-use crate::domain::{NewOrder, Reason, Saga, Status};
+use crate::domain::{MAX_QUANTITY, NewOrder, Reason, Saga, Status};
 
 /// Stores a new order in its first saga state.
 pub async fn insert_order(
@@ -142,24 +144,56 @@ pub async fn traceparent(
 }
 
 /// An order as `GET /orders/{id}` shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct OrderView {
     pub order_id: Uuid,
     pub customer_id: String,
+    #[schema(schema_with = Status::schema)]
     pub status: String,
+    /// Why the order was rejected or cancelled; null otherwise.
+    #[schema(schema_with = Reason::nullable_schema, required = true)]
     pub reason: Option<String>,
+    #[schema(schema_with = order_lines_schema)]
     pub items: Vec<OrderLine>,
+    #[schema(minimum = 0)]
     pub total_cents: i64,
     /// The saga's trace (null when tracing was off when it was placed).
+    #[schema(schema_with = trace_id_schema, required = true)]
     pub trace_id: Option<String>,
+    /// Each saga step, in the order it happened.
     pub history: Vec<HistoryEntry>,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
 pub struct HistoryEntry {
+    /// The event type of the step, e.g. `order.placed` or `inventory.reserved`.
     #[serde(rename = "type")]
     pub event_type: String,
     pub at: DateTime<Utc>,
+}
+
+/// The lines of an order as `events::order::OrderLine` serialises them.
+fn order_lines_schema() -> ArrayBuilder {
+    let integer = |minimum: u32| {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(minimum))
+    };
+    let line = ObjectBuilder::new()
+        .property("sku", runtime::openapi::subject_token())
+        .property("quantity", integer(1).maximum(Some(MAX_QUANTITY)))
+        .property("unit_price_cents", integer(0))
+        .required("sku")
+        .required("quantity")
+        .required("unit_price_cents");
+    ArrayBuilder::new().items(line)
+}
+
+fn trace_id_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .pattern(Some("^[0-9a-fA-F]{32}$"))
+        .build()
 }
 
 #[derive(sqlx::FromRow)]
@@ -258,10 +292,11 @@ pub async fn order_status(pool: &PgPool, order_id: Uuid) -> Result<Option<String
 }
 
 /// A product as the order service knows it.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
 pub struct CatalogueEntry {
     pub sku: String,
     pub name: String,
+    #[schema(minimum = 0)]
     pub price_cents: i64,
 }
 
@@ -324,4 +359,32 @@ pub async fn overdue_orders(tx: &mut PgConnection, limit: i64) -> Result<Vec<Uui
     .bind(limit)
     .fetch_all(tx)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_order_line_has_the_fields_of_the_event_type() {
+        let line = OrderLine {
+            sku: "MUG".to_owned(),
+            quantity: 2,
+            unit_price_cents: 1250,
+        };
+        let serialised = serde_json::to_value(&line).expect("a line serialises");
+        let documented =
+            serde_json::to_value(order_lines_schema().build()).expect("a schema serialises");
+        let keys = |value: &serde_json::Value| -> Vec<String> {
+            let mut keys: Vec<String> = value
+                .as_object()
+                .expect("an object")
+                .keys()
+                .cloned()
+                .collect();
+            keys.sort();
+            keys
+        };
+        assert_eq!(keys(&serialised), keys(&documented["items"]["properties"]));
+    }
 }

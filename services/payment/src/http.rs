@@ -1,31 +1,63 @@
 //! The payment service's HTTP API: `GET /payments/{order_id}`.
 
+use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::routing::get;
-use axum::{Json, Router};
-use runtime::http::ApiError;
+use runtime::http::{ApiError, ErrorBody};
 use serde::Serialize;
 use sqlx::PgPool;
+use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::domain::Payment;
 use crate::store;
 
-/// The service's routes; health, metrics and middleware are added by the runtime.
-pub fn routes(pool: PgPool) -> Router {
-    Router::new()
-        .route("/payments/{order_id}", get(get_payment))
-        .with_state(pool)
+/// The document's head; its paths come from the routes' annotations.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "payment service",
+        description = "The payment of each order: authorized through the payment gateway once \
+                       its stock is reserved, refunded when the order is undone."
+    ),
+    tags((name = "payments", description = "Payments, by order")),
+)]
+struct ApiDoc;
+
+/// The service's routes with their documentation; health, metrics and middleware are added
+/// by the runtime.
+pub fn routes(pool: PgPool) -> OpenApiRouter {
+    api().with_state(pool)
+}
+
+/// The routes, each registered at the path and method its annotation documents.
+pub fn api() -> OpenApiRouter<PgPool> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).routes(routes!(get_payment))
+}
+
+/// Every status `PaymentStatus::as_str` spells.
+const STATUSES: [&str; 5] = ["pending", "authorized", "declined", "refunded", "cancelled"];
+
+fn status_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(STATUSES))
+        .build()
 }
 
 /// A payment as clients see it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct PaymentView {
     pub order_id: Uuid,
-    /// `pending`, `authorized`, `declined` or `refunded`.
+    #[schema(schema_with = status_schema)]
     pub status: &'static str,
+    #[schema(minimum = 0)]
     pub amount_cents: i64,
+    /// The whole amount once refunded, else 0.
+    #[schema(minimum = 0)]
     pub refunded_cents: i64,
 }
 
@@ -40,6 +72,25 @@ impl From<&Payment> for PaymentView {
     }
 }
 
+/// The order a path names, for the document.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct OrderIdPath {
+    /// The order's id; anything but a UUID names no order.
+    pub order_id: Uuid,
+}
+
+/// Reads an order's payment.
+#[utoipa::path(
+    get,
+    path = "/payments/{order_id}",
+    tag = "payments",
+    params(OrderIdPath),
+    responses(
+        (status = 200, description = "The payment", body = PaymentView),
+        (status = 404, description = "No payment for this order (yet)", body = ErrorBody),
+    )
+)]
 async fn get_payment(
     State(pool): State<PgPool>,
     path: Result<Path<String>, PathRejection>,
@@ -58,4 +109,29 @@ async fn show_payment(pool: &PgPool, order_id: Uuid) -> Result<Json<PaymentView>
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no payment for order {order_id}")))?;
     Ok(Json(PaymentView::from(&payment)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::PaymentStatus;
+
+    #[test]
+    fn the_document_lists_every_status() {
+        let every = [
+            PaymentStatus::Pending,
+            PaymentStatus::Authorized {
+                authorization_id: "auth-1".to_owned(),
+            },
+            PaymentStatus::Declined {
+                reason: "card_declined".to_owned(),
+            },
+            PaymentStatus::Refunded {
+                authorization_id: "auth-1".to_owned(),
+            },
+            PaymentStatus::Cancelled,
+        ];
+        let spelt: Vec<&str> = every.iter().map(PaymentStatus::as_str).collect();
+        assert_eq!(spelt, STATUSES);
+    }
 }

@@ -78,6 +78,11 @@ impl Config {
     }
 }
 
+/// The service's OpenAPI document, as `GET /openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    runtime::openapi::document(http::api().into_openapi())
+}
+
 /// Connects the database (creating and migrating it) and NATS, creates the streams and binds
 /// the HTTP listener. Run the result with [`Service::run_until_stopped`].
 pub async fn build(config: Config) -> anyhow::Result<Service<Reactions>> {

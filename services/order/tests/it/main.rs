@@ -2,3 +2,4 @@
 //! database on `TEST_POSTGRES_URL` (else the local trust-auth server).
 
 mod dashboard;
+mod openapi;
