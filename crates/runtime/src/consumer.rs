@@ -51,6 +51,7 @@ use std::time::{Duration, Instant};
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind, Message, consumer::pull, message::PublishMessage};
 use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
+use events::participants::Participant;
 use events::streams::{Context, dlq_subject, type_filter};
 use events::{Envelope, Event};
 use futures::stream::FuturesUnordered;
@@ -81,6 +82,22 @@ pub mod dead_letter_headers {
 pub struct Subscription {
     pub stream: Context,
     pub event_types: Vec<&'static str>,
+}
+
+impl Subscription {
+    /// What `participant` consumes, one subscription per stream, from the events crate's table
+    /// of who publishes and who consumes each event type (the table the AsyncAPI document is
+    /// generated from), so a service's wiring and its documentation cannot drift apart.
+    pub fn of(participant: Participant) -> Vec<Subscription> {
+        participant
+            .subscriptions()
+            .into_iter()
+            .map(|(stream, event_types)| Subscription {
+                stream,
+                event_types,
+            })
+            .collect()
+    }
 }
 
 /// A decoded message, as handed to a [`Handler`].

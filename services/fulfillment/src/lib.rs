@@ -10,7 +10,7 @@ pub mod http;
 pub mod reactions;
 pub mod store;
 
-use events::streams::Context;
+use events::participants::Participant;
 use runtime::consumer::Subscription;
 use runtime::service::{Domain, Platform, Service};
 use runtime::settings::{Identity, Settings};
@@ -41,17 +41,8 @@ pub async fn build(settings: Settings) -> anyhow::Result<Service<Reactions>> {
         platform,
         Domain {
             routes,
-            publishes: Some(Context::Fulfillment),
-            subscriptions: vec![
-                Subscription {
-                    stream: Context::Order,
-                    event_types: vec!["order.placed", "order.cancellation_requested"],
-                },
-                Subscription {
-                    stream: Context::Payment,
-                    event_types: vec!["payment.authorized"],
-                },
-            ],
+            publishes: Participant::Fulfillment.publishes(),
+            subscriptions: Subscription::of(Participant::Fulfillment),
             handler: Reactions {},
             workers: Vec::new(),
         },

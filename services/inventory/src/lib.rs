@@ -7,7 +7,7 @@ pub mod http;
 pub mod reactions;
 pub mod store;
 
-use events::streams::Context;
+use events::participants::Participant;
 use runtime::consumer::Subscription;
 use runtime::service::{Domain, Platform, Service};
 use runtime::settings::{Identity, Settings};
@@ -34,25 +34,8 @@ pub async fn build(settings: Settings) -> anyhow::Result<Service<reactions::Reac
     });
     let domain = Domain {
         routes,
-        publishes: Some(Context::Inventory),
-        subscriptions: vec![
-            Subscription {
-                stream: Context::Order,
-                event_types: vec![
-                    "order.placed",
-                    "order.completed",
-                    "order.cancellation_requested",
-                ],
-            },
-            Subscription {
-                stream: Context::Payment,
-                event_types: vec!["payment.declined"],
-            },
-            Subscription {
-                stream: Context::Fulfillment,
-                event_types: vec!["fulfillment.failed"],
-            },
-        ],
+        publishes: Participant::Inventory.publishes(),
+        subscriptions: Subscription::of(Participant::Inventory),
         handler: reactions::Reactions,
         workers: Vec::new(),
     };

@@ -11,7 +11,7 @@ pub mod http;
 pub mod reactions;
 pub mod store;
 
-use events::streams::Context;
+use events::participants::Participant;
 use runtime::consumer::Subscription;
 use runtime::service::{Domain, Platform, Service};
 use runtime::settings::{Identity, Settings};
@@ -77,22 +77,8 @@ pub async fn build(settings: Settings) -> anyhow::Result<Service<Reactions>> {
         platform,
         Domain {
             routes,
-            publishes: None,
-            subscriptions: vec![
-                Subscription {
-                    stream: Context::Order,
-                    event_types: vec![
-                        "order.placed",
-                        "order.completed",
-                        "order.cancelled",
-                        "order.rejected",
-                    ],
-                },
-                Subscription {
-                    stream: Context::Fulfillment,
-                    event_types: vec!["fulfillment.scheduled"],
-                },
-            ],
+            publishes: Participant::Notification.publishes(),
+            subscriptions: Subscription::of(Participant::Notification),
             handler: Reactions {},
             workers: Vec::new(),
         },

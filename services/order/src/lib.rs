@@ -14,7 +14,7 @@ pub mod store;
 use std::time::Duration;
 
 use clap::Parser;
-use events::streams::Context;
+use events::participants::Participant;
 use runtime::consumer::Subscription;
 use runtime::service::{Domain, Platform, Service, Worker};
 use runtime::settings::{Identity, Settings};
@@ -113,30 +113,8 @@ pub async fn build(config: Config) -> anyhow::Result<Service<reactions::Reaction
     });
     let domain = Domain {
         routes,
-        publishes: Some(Context::Order),
-        subscriptions: vec![
-            Subscription {
-                stream: Context::Inventory,
-                event_types: vec![
-                    "inventory.product_updated",
-                    "inventory.reserved",
-                    "inventory.rejected",
-                    "inventory.released",
-                ],
-            },
-            Subscription {
-                stream: Context::Payment,
-                event_types: vec!["payment.authorized", "payment.declined", "payment.refunded"],
-            },
-            Subscription {
-                stream: Context::Fulfillment,
-                event_types: vec![
-                    "fulfillment.scheduled",
-                    "fulfillment.failed",
-                    "fulfillment.cancelled",
-                ],
-            },
-        ],
+        publishes: Participant::Order.publishes(),
+        subscriptions: Subscription::of(Participant::Order),
         handler: reactions::Reactions {
             metrics: saga_metrics,
         },

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use events::streams::Context;
+use events::participants::Participant;
 use runtime::consumer::Subscription;
 use runtime::service::{Domain, Platform, Service};
 use runtime::settings::{Identity, Settings};
@@ -93,21 +93,8 @@ pub async fn build(config: Config) -> anyhow::Result<Service<Reactions>> {
         platform,
         Domain {
             routes,
-            publishes: Some(Context::Payment),
-            subscriptions: vec![
-                Subscription {
-                    stream: Context::Order,
-                    event_types: vec!["order.placed", "order.cancellation_requested"],
-                },
-                Subscription {
-                    stream: Context::Inventory,
-                    event_types: vec!["inventory.reserved"],
-                },
-                Subscription {
-                    stream: Context::Fulfillment,
-                    event_types: vec!["fulfillment.failed"],
-                },
-            ],
+            publishes: Participant::Payment.publishes(),
+            subscriptions: Subscription::of(Participant::Payment),
             handler: Reactions { gateway },
             workers: Vec::new(),
         },
