@@ -32,6 +32,12 @@ pub enum DecodeError {
     },
     #[error("unknown event type {event_type:?} version {version}")]
     UnknownType { event_type: String, version: u32 },
+    #[error("data of {event_type:?} v{version} does not match its schema: {violations}")]
+    Schema {
+        event_type: String,
+        version: u32,
+        violations: String,
+    },
     #[error("data of {event_type:?} v{version} does not match its schema: {source}")]
     Data {
         event_type: String,

@@ -71,9 +71,11 @@ impl Envelope {
         }
     }
 
-    /// Decodes the payload into its typed event, checking type and schema version.
+    /// Decodes the payload into its typed event, checking type and schema version, and the
+    /// payload against that version's JSON Schema first.
     pub fn event(&self) -> Result<Event, DecodeError> {
         let version = parse_schema_urn(&self.dataschema, &self.event_type)?;
+        crate::validation::check(&self.event_type, version, &self.data)?;
         Event::decode(&self.event_type, version, self.data.clone())
     }
 

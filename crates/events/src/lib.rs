@@ -16,6 +16,7 @@ pub mod order;
 pub mod participants;
 pub mod payment;
 pub mod streams;
+pub mod validation;
 
 pub use catalogue::{DecodeError, Event};
 pub use envelope::Envelope;

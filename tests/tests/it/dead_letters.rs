@@ -62,7 +62,10 @@ async fn poison_messages_are_dead_lettered_with_their_reason() -> anyhow::Result
             &future_subject,
             "unknown event type \"order.placed\" version 9",
         ),
-        (&invalid_subject, "does not match its schema"),
+        (
+            &invalid_subject,
+            "does not match its schema: at /: \"customer_id\" is a required property",
+        ),
     ];
     let letters = wait_for(
         "every poison message in the DLQ",
