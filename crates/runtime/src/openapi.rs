@@ -165,6 +165,24 @@ pub fn trimmed_text(max_chars: usize) -> Object {
         .build()
 }
 
+/// The order a path names (`/orders/{order_id}`, `/payments/{order_id}`, ...), for the
+/// documents of the services that read by order.
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct OrderIdPath {
+    /// The order's id; anything but a UUID names no order.
+    pub order_id: uuid::Uuid,
+}
+
+/// A product's SKU in a path (`/products/{sku}`, `/catalogue/{sku}`): 1 to 64 letters,
+/// digits, `-` or `_`; anything else names no product.
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct SkuPath {
+    #[param(schema_with = subject_token)]
+    pub sku: String,
+}
+
 /// A SKU or other key that is one NATS subject token (`events::streams::is_subject_token`).
 pub fn subject_token() -> Object {
     ObjectBuilder::new()
@@ -222,7 +240,6 @@ pub mod testing {
     use axum::body::Body;
     use axum::http::{Method, Request, header};
     use sqlx::PgPool;
-    use tower::ServiceExt;
     use utoipa::openapi::path::{Operation, ParameterIn};
     use utoipa::openapi::{OpenApi, Required};
     use utoipa_axum::router::OpenApiRouter;
@@ -230,6 +247,7 @@ pub mod testing {
     use crate::consumer::ConsumerHealth;
     use crate::http::{Readiness, finish};
     use crate::metrics::{Metrics, Scrape};
+    use crate::testing::{call, send};
 
     /// Where the checked-in document of `service` lives.
     pub fn checked_in_path(service: &str) -> PathBuf {
@@ -366,15 +384,7 @@ pub mod testing {
                 Body::empty()
             };
             let request = request.body(body).expect("a request");
-            let response = router
-                .clone()
-                .oneshot(request)
-                .await
-                .expect("routers never fail");
-            let status = response.status();
-            let body = axum::body::to_bytes(response.into_body(), usize::MAX)
-                .await
-                .expect("read the body");
+            let (status, body) = send(router.clone(), request).await;
             let listed: Vec<&String> = operation.responses.responses.keys().collect();
             assert!(
                 listed.contains(&&status.as_str().to_owned()),
@@ -390,15 +400,7 @@ pub mod testing {
         let request = Request::get("/openapi.json")
             .body(Body::empty())
             .expect("a request");
-        let response = router
-            .clone()
-            .oneshot(request)
-            .await
-            .expect("routers never fail");
-        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .expect("read the body");
-        let served: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        let (_, served) = call(router.clone(), request).await;
         let expected = serde_json::to_value(document).expect("a document serialises");
         assert_eq!(served, expected, "GET /openapi.json serves the document");
     }

@@ -226,6 +226,15 @@ pub fn context_headers(span: &tracing::Span) -> HashMap<String, String> {
     headers
 }
 
+/// The trace id of `span`, if it is in a trace (tracing on and the span sampled).
+pub fn trace_id(span: &tracing::Span) -> Option<String> {
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
+}
+
 /// The `traceparent` of `span`, if it has one.
 pub fn traceparent(span: &tracing::Span) -> Option<String> {
     context_headers(span).remove(TRACEPARENT)

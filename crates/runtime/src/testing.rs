@@ -9,6 +9,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use bytes::Bytes;
 use chrono::Utc;
 use events::Event;
 use events::envelope::{Envelope, Metadata};
@@ -163,8 +164,8 @@ pub async fn deliver_concurrently<H: Handler>(
     outcomes
 }
 
-/// Hands `request` to `router`, as the server would, and reads the answer's JSON body.
-pub async fn call(router: impl Into<Router>, request: Request<Body>) -> (StatusCode, Value) {
+/// Hands `request` to `router`, as the server would, and reads the answer's body.
+pub async fn send(router: impl Into<Router>, request: Request<Body>) -> (StatusCode, Bytes) {
     let response = router
         .into()
         .oneshot(request)
@@ -174,6 +175,12 @@ pub async fn call(router: impl Into<Router>, request: Request<Body>) -> (StatusC
     let body = axum::body::to_bytes(response.into_body(), usize::MAX)
         .await
         .expect("failed to read the body");
+    (status, body)
+}
+
+/// Hands `request` to `router`, as the server would, and reads the answer's JSON body.
+pub async fn call(router: impl Into<Router>, request: Request<Body>) -> (StatusCode, Value) {
+    let (status, body) = send(router, request).await;
     (
         status,
         serde_json::from_slice(&body).expect("the body is not JSON"),

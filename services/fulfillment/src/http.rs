@@ -4,10 +4,11 @@ use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use runtime::http::{ApiError, ErrorBody};
+use runtime::openapi::OrderIdPath;
 use serde::Serialize;
 use sqlx::PgPool;
 use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
-use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa::{OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -87,14 +88,6 @@ impl From<Shipment> for ShipmentView {
             reason,
         }
     }
-}
-
-/// The order a path names, for the document.
-#[derive(Debug, IntoParams)]
-#[into_params(parameter_in = Path)]
-pub struct OrderIdPath {
-    /// The order's id; anything but a UUID names no order.
-    pub order_id: Uuid,
 }
 
 /// Reads an order's shipment.

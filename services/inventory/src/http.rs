@@ -8,12 +8,12 @@ use events::Event;
 use events::inventory::ProductUpdated;
 use events::streams::is_subject_token;
 use runtime::http::{ApiError, ErrorBody, JsonBody};
-use runtime::openapi::{subject_token, trimmed_text};
+use runtime::openapi::{SkuPath, trimmed_text};
 use runtime::outbox::Outbox;
 use serde::Deserialize;
 use sqlx::PgPool;
 use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
-use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa::{OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -90,14 +90,6 @@ fn non_negative() -> Object {
         .minimum(Some(0))
         .maximum(Some(i64::MAX))
         .build()
-}
-
-/// A product's SKU: 1 to 64 letters, digits, `-` or `_`.
-#[derive(Debug, IntoParams)]
-#[into_params(parameter_in = Path)]
-pub struct SkuPath {
-    #[param(schema_with = subject_token)]
-    pub sku: String,
 }
 
 /// Lists every product, by SKU.

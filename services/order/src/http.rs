@@ -12,6 +12,7 @@ use events::Event;
 use events::order::{OrderPlaced, Shipping};
 use events::streams::is_subject_token;
 use runtime::http::{ApiError, ErrorBody, JsonBody};
+use runtime::openapi::{OrderIdPath, SkuPath};
 use runtime::outbox::{Cause, Outbox};
 use serde::Serialize;
 use serde_json::Value;
@@ -275,14 +276,6 @@ fn field_of(error: &serde_path_to_error::Error<serde_json::Error>) -> String {
     }
 }
 
-/// The order a path names, for the document.
-#[derive(Debug, IntoParams)]
-#[into_params(parameter_in = Path)]
-pub struct OrderIdPath {
-    /// The order's id; anything but a UUID names no order.
-    pub order_id: Uuid,
-}
-
 /// Reads an order.
 ///
 /// Its status, why it ended so, its lines and total, its trace, and each step of its saga.
@@ -365,14 +358,6 @@ async fn list_catalogue(
     State(state): State<AppState>,
 ) -> Result<Json<Vec<CatalogueEntry>>, ApiError> {
     Ok(Json(store::catalogue(&state.pool).await?))
-}
-
-/// A product's SKU; anything but 1 to 64 letters, digits, `-` or `_` names no product.
-#[derive(Debug, IntoParams)]
-#[into_params(parameter_in = Path)]
-pub struct SkuPath {
-    #[param(schema_with = runtime::openapi::subject_token)]
-    pub sku: String,
 }
 
 /// Reads one product of the catalogue.

@@ -116,12 +116,8 @@ impl SagaMetrics {
         if let Some(age) = age_of(order_id) {
             // Called while processing the event that ended the saga, so the current span is
             // in the saga's trace.
-            let exemplar = runtime::telemetry::traceparent(&tracing::Span::current())
-                .as_deref()
-                .and_then(runtime::telemetry::trace_id_of)
-                .map(|trace_id| TraceExemplar {
-                    trace_id: trace_id.to_owned(),
-                });
+            let exemplar = runtime::telemetry::trace_id(&tracing::Span::current())
+                .map(|trace_id| TraceExemplar { trace_id });
             self.durations
                 .get_or_create(&StatusLabels { status })
                 .observe(age.as_secs_f64(), exemplar, None);
