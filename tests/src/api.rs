@@ -118,6 +118,7 @@ pub struct OrderView {
     pub reason: Option<String>,
     pub items: Vec<OrderItemView>,
     pub total_cents: i64,
+    pub currency: String,
     /// The saga's trace; null unless the services export traces.
     #[serde(default)]
     pub trace_id: Option<String>,
@@ -130,6 +131,7 @@ pub struct OrderItemView {
     pub sku: String,
     pub quantity: u32,
     pub unit_price_cents: i64,
+    pub discount_cents: i64,
 }
 
 /// One step of an order's history: an event type and when it happened.
@@ -216,6 +218,8 @@ pub struct Payment {
     /// `pending`, `authorized`, `declined` or `refunded`.
     pub status: String,
     pub amount_cents: i64,
+    /// ISO 4217 code of the amounts.
+    pub currency: String,
     pub refunded_cents: i64,
 }
 

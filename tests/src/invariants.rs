@@ -90,7 +90,7 @@ pub fn order_violations(facts: &OrderFacts) -> Vec<String> {
     let priced_total: i64 = order
         .items
         .iter()
-        .map(|item| i64::from(item.quantity) * item.unit_price_cents)
+        .map(|item| i64::from(item.quantity) * item.unit_price_cents - item.discount_cents)
         .sum();
     if priced_total != order.total_cents {
         violations.push(format!(
@@ -109,6 +109,14 @@ pub fn order_violations(facts: &OrderFacts) -> Vec<String> {
     }
 
     // No order charged without being completed; a completed one charged its total, once.
+    if let Some(payment) = &facts.payment
+        && payment.currency != order.currency
+    {
+        violations.push(format!(
+            "order {id} is in {} but its payment in {}",
+            order.currency, payment.currency
+        ));
+    }
     let net_charged = facts.payment.as_ref().map_or(0, Payment::net_charged_cents);
     match (&facts.payment, completed) {
         (Some(payment), true)
@@ -403,8 +411,10 @@ mod tests {
                 sku: "MUG".into(),
                 quantity: 2,
                 unit_price_cents: 500,
+                discount_cents: 0,
             }],
             total_cents: 1000,
+            currency: "EUR".into(),
             trace_id: None,
             history: history
                 .iter()
@@ -439,6 +449,7 @@ mod tests {
                 order_id: Uuid::nil(),
                 status: "authorized".into(),
                 amount_cents: 1000,
+                currency: "EUR".into(),
                 refunded_cents: 0,
             }),
             shipment: Some(Shipment {
@@ -477,6 +488,7 @@ mod tests {
                 order_id: Uuid::nil(),
                 status: "authorized".into(),
                 amount_cents: 1000,
+                currency: "EUR".into(),
                 refunded_cents: 0,
             }),
             shipment: None,

@@ -10,7 +10,8 @@ use uuid::Uuid;
 use crate::fulfillment::{FulfillmentCancelled, FulfillmentFailed, FulfillmentScheduled};
 use crate::inventory::{InventoryRejected, InventoryReleased, InventoryReserved, ProductUpdated};
 use crate::order::{
-    OrderCancellationRequested, OrderCancelled, OrderCompleted, OrderPlaced, OrderRejected,
+    OrderCancellationRequested, OrderCancelled, OrderCompleted, OrderPlaced, OrderPlacedV2,
+    OrderRejected,
 };
 use crate::payment::{PaymentAuthorized, PaymentDeclined, PaymentRefunded};
 
@@ -47,10 +48,15 @@ pub enum DecodeError {
     },
 }
 
-/// Every event in the catalogue, typed and versioned (all are at v1 today).
+/// Every event in the catalogue, typed and versioned: one variant per type and version.
+///
+/// Decoding yields the version that was published; [`Event::upcast`] brings an old version up
+/// to the latest, which is what consumers handle (`Envelope::event` does both).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
+    /// `order.placed` v1; never reaches a handler, it is upcast to v2.
     OrderPlaced(OrderPlaced),
+    OrderPlacedV2(OrderPlacedV2),
     OrderCompleted(OrderCompleted),
     OrderCancelled(OrderCancelled),
     OrderRejected(OrderRejected),
@@ -77,27 +83,28 @@ pub struct CatalogueEntry {
 
 /// The whole catalogue, in a stable order; `schemas/` is generated from it.
 pub const CATALOGUE: &[CatalogueEntry] = &[
-    entry::<OrderPlaced>("order.placed"),
-    entry::<OrderCompleted>("order.completed"),
-    entry::<OrderCancelled>("order.cancelled"),
-    entry::<OrderRejected>("order.rejected"),
-    entry::<OrderCancellationRequested>("order.cancellation_requested"),
-    entry::<ProductUpdated>("inventory.product_updated"),
-    entry::<InventoryReserved>("inventory.reserved"),
-    entry::<InventoryRejected>("inventory.rejected"),
-    entry::<InventoryReleased>("inventory.released"),
-    entry::<PaymentAuthorized>("payment.authorized"),
-    entry::<PaymentDeclined>("payment.declined"),
-    entry::<PaymentRefunded>("payment.refunded"),
-    entry::<FulfillmentScheduled>("fulfillment.scheduled"),
-    entry::<FulfillmentFailed>("fulfillment.failed"),
-    entry::<FulfillmentCancelled>("fulfillment.cancelled"),
+    entry::<OrderPlaced>("order.placed", 1),
+    entry::<OrderPlacedV2>("order.placed", 2),
+    entry::<OrderCompleted>("order.completed", 1),
+    entry::<OrderCancelled>("order.cancelled", 1),
+    entry::<OrderRejected>("order.rejected", 1),
+    entry::<OrderCancellationRequested>("order.cancellation_requested", 1),
+    entry::<ProductUpdated>("inventory.product_updated", 1),
+    entry::<InventoryReserved>("inventory.reserved", 1),
+    entry::<InventoryRejected>("inventory.rejected", 1),
+    entry::<InventoryReleased>("inventory.released", 1),
+    entry::<PaymentAuthorized>("payment.authorized", 1),
+    entry::<PaymentDeclined>("payment.declined", 1),
+    entry::<PaymentRefunded>("payment.refunded", 1),
+    entry::<FulfillmentScheduled>("fulfillment.scheduled", 1),
+    entry::<FulfillmentFailed>("fulfillment.failed", 1),
+    entry::<FulfillmentCancelled>("fulfillment.cancelled", 1),
 ];
 
-const fn entry<T: JsonSchema>(event_type: &'static str) -> CatalogueEntry {
+const fn entry<T: JsonSchema>(event_type: &'static str, version: u32) -> CatalogueEntry {
     CatalogueEntry {
         event_type,
-        version: 1,
+        version,
         schema: || schema_for!(T),
     }
 }
@@ -106,7 +113,7 @@ impl Event {
     /// The event's type, e.g. `order.placed`.
     pub fn event_type(&self) -> &'static str {
         match self {
-            Event::OrderPlaced(_) => "order.placed",
+            Event::OrderPlaced(_) | Event::OrderPlacedV2(_) => "order.placed",
             Event::OrderCompleted(_) => "order.completed",
             Event::OrderCancelled(_) => "order.cancelled",
             Event::OrderRejected(_) => "order.rejected",
@@ -126,13 +133,26 @@ impl Event {
 
     /// The schema version of the payload.
     pub fn version(&self) -> u32 {
-        1
+        match self {
+            Event::OrderPlacedV2(_) => 2,
+            _ => 1,
+        }
+    }
+
+    /// The same fact in the latest version of its type: consumers are written against the
+    /// latest version only, and history (and producers not yet upgraded) may hold older ones.
+    pub fn upcast(self) -> Event {
+        match self {
+            Event::OrderPlaced(v1) => Event::OrderPlacedV2(v1.into()),
+            latest => latest,
+        }
     }
 
     /// The order this event belongs to; `None` for catalogue events.
     pub fn order_id(&self) -> Option<Uuid> {
         Some(match self {
             Event::OrderPlaced(e) => e.order_id,
+            Event::OrderPlacedV2(e) => e.order_id,
             Event::OrderCompleted(e) => e.order_id,
             Event::OrderCancelled(e) => e.order_id,
             Event::OrderRejected(e) => e.order_id,
@@ -168,6 +188,7 @@ impl Event {
     pub fn data(&self) -> serde_json::Value {
         match self {
             Event::OrderPlaced(e) => to_value(e),
+            Event::OrderPlacedV2(e) => to_value(e),
             Event::OrderCompleted(e) => to_value(e),
             Event::OrderCancelled(e) => to_value(e),
             Event::OrderRejected(e) => to_value(e),
@@ -198,6 +219,7 @@ impl Event {
         };
         match (event_type, version) {
             ("order.placed", 1) => parse.into(Event::OrderPlaced),
+            ("order.placed", 2) => parse.into(Event::OrderPlacedV2),
             ("order.completed", 1) => parse.into(Event::OrderCompleted),
             ("order.cancelled", 1) => parse.into(Event::OrderCancelled),
             ("order.rejected", 1) => parse.into(Event::OrderRejected),

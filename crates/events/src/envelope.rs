@@ -71,9 +71,15 @@ impl Envelope {
         }
     }
 
-    /// Decodes the payload into its typed event, checking type and schema version, and the
-    /// payload against that version's JSON Schema first.
+    /// Decodes the payload into its typed event in the latest version of its type: checks type
+    /// and schema version, checks the payload against that version's JSON Schema, decodes it,
+    /// and upcasts an older version ([`Event::upcast`]).
     pub fn event(&self) -> Result<Event, DecodeError> {
+        self.event_as_published().map(Event::upcast)
+    }
+
+    /// Decodes the payload into its typed event in the version it was published in.
+    pub fn event_as_published(&self) -> Result<Event, DecodeError> {
         let version = parse_schema_urn(&self.dataschema, &self.event_type)?;
         crate::validation::check(&self.event_type, version, &self.data)?;
         Event::decode(&self.event_type, version, self.data.clone())
@@ -143,6 +149,36 @@ mod tests {
             parsed.dataschema,
             "urn:order-saga:events:order.completed:v1"
         );
+    }
+
+    #[test]
+    fn an_old_version_is_upcast_and_still_readable_as_published() {
+        use crate::order::{OrderLine, OrderPlaced, Shipping};
+        let v1 = Event::OrderPlaced(OrderPlaced {
+            order_id: Uuid::nil(),
+            customer_id: "c-1".into(),
+            email: "c1@example.com".into(),
+            items: vec![OrderLine {
+                sku: "MUG".into(),
+                quantity: 2,
+                unit_price_cents: 1250,
+            }],
+            total_cents: 2500,
+            payment_method: "tok_ok".into(),
+            shipping: Shipping {
+                country: "NL".into(),
+                address: "Damrak 1".into(),
+            },
+        });
+        let envelope = Envelope::wrap(&v1, metadata());
+        assert_eq!(envelope.dataschema, "urn:order-saga:events:order.placed:v1");
+        assert_eq!(envelope.event_as_published().unwrap(), v1);
+        let Event::OrderPlacedV2(v2) = envelope.event().unwrap() else {
+            panic!("order.placed v1 was not upcast to v2");
+        };
+        assert_eq!(v2.currency, "EUR");
+        assert_eq!(v2.items[0].discount_cents, 0);
+        assert_eq!(v2.total_cents, 2500);
     }
 
     #[test]

@@ -86,19 +86,25 @@ pub async fn deliver<H: Handler>(
     handler: &H,
     event: Event,
 ) -> Result<Vec<Event>, HandlerError> {
+    let envelope = Envelope::wrap(
+        &event,
+        Metadata {
+            id: Uuid::now_v7(),
+            source: "/tests".to_owned(),
+            time: Utc::now(),
+            correlationid: event.key(),
+            causationid: None,
+        },
+    );
+    // As the consumer does: validate and decode what was published, upcasting an old version;
+    // what the consumer would dead-letter is a permanent error here.
+    let decoded = envelope
+        .event()
+        .map_err(|error| HandlerError::Permanent(error.to_string()))?;
     let incoming = Incoming {
-        envelope: Envelope::wrap(
-            &event,
-            Metadata {
-                id: Uuid::now_v7(),
-                source: "/tests".to_owned(),
-                time: Utc::now(),
-                correlationid: event.key(),
-                causationid: None,
-            },
-        ),
         subject: event.subject(),
-        event,
+        envelope,
+        event: decoded,
         delivery: 1,
     };
     let mut tx = pool.begin().await.expect("failed to begin");

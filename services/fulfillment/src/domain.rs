@@ -4,7 +4,7 @@
 
 use events::Event;
 use events::fulfillment::{FulfillmentCancelled, FulfillmentFailed, FulfillmentScheduled};
-use events::order::OrderPlaced;
+use events::order::OrderPlacedV2;
 use uuid::Uuid;
 
 /// Countries no carrier serves (ISO 3166-1 alpha-2).
@@ -19,7 +19,7 @@ pub struct Destination {
 }
 
 /// `order.placed`: remember where the order ships to.
-pub fn destination_of(placed: &OrderPlaced) -> Destination {
+pub fn destination_of(placed: &OrderPlacedV2) -> Destination {
     Destination {
         country: placed.shipping.country.clone(),
         address: placed.shipping.address.clone(),
@@ -165,7 +165,7 @@ pub fn carrier_for(country: &str) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use events::order::{OrderLine, Shipping};
+    use events::order::{OrderLineV2, Shipping};
 
     use super::*;
 
@@ -209,14 +209,16 @@ mod tests {
 
     #[test]
     fn an_order_placed_tells_where_it_ships() {
-        let placed = OrderPlaced {
+        let placed = OrderPlacedV2 {
             order_id: ORDER,
             customer_id: "c-1".into(),
             email: "c1@example.com".into(),
-            items: vec![OrderLine {
+            currency: "EUR".into(),
+            items: vec![OrderLineV2 {
                 sku: "MUG".into(),
                 quantity: 1,
                 unit_price_cents: 1250,
+                discount_cents: 0,
             }],
             total_cents: 1250,
             payment_method: "tok_ok".into(),

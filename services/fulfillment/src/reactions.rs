@@ -5,7 +5,7 @@
 
 use anyhow::anyhow;
 use events::Event;
-use events::order::OrderPlaced;
+use events::order::OrderPlacedV2;
 use events::payment::PaymentAuthorized;
 use runtime::consumer::{Handler, HandlerError, Incoming};
 use sqlx::PgConnection;
@@ -25,7 +25,7 @@ impl Handler for Reactions {
         incoming: &'a Incoming,
     ) -> Result<Vec<Event>, HandlerError> {
         match &incoming.event {
-            Event::OrderPlaced(placed) => order_placed(tx, placed).await,
+            Event::OrderPlacedV2(placed) => order_placed(tx, placed).await,
             Event::PaymentAuthorized(authorized) => payment_authorized(tx, authorized).await,
             Event::OrderCancellationRequested(request) => cancel(tx, request.order_id).await,
             _ => Ok(vec![]),
@@ -37,7 +37,7 @@ impl Handler for Reactions {
 #[tracing::instrument(skip_all, fields(order_id = %placed.order_id))]
 async fn order_placed(
     tx: &mut PgConnection,
-    placed: &OrderPlaced,
+    placed: &OrderPlacedV2,
 ) -> Result<Vec<Event>, HandlerError> {
     store::insert_destination(tx, placed.order_id, &domain::destination_of(placed)).await?;
     Ok(vec![])

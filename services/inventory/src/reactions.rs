@@ -23,7 +23,7 @@ impl Handler for Reactions {
             store::lock_order(tx, order_id).await?;
         }
         match &incoming.event {
-            Event::OrderPlaced(placed) => {
+            Event::OrderPlacedV2(placed) => {
                 let lines = domain::merge_lines(
                     placed
                         .items

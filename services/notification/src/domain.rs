@@ -2,7 +2,7 @@
 //! each kind of notification goes out once per order. No IO and no clock.
 
 use events::Event;
-use events::order::OrderPlaced;
+use events::order::OrderPlacedV2;
 use uuid::Uuid;
 
 /// What a notification tells the customer.
@@ -52,7 +52,7 @@ pub struct Contact {
 }
 
 /// `order.placed`: remember whom to tell about the order.
-pub fn contact_of(placed: &OrderPlaced) -> Contact {
+pub fn contact_of(placed: &OrderPlacedV2) -> Contact {
     Contact {
         customer_id: placed.customer_id.clone(),
         email: placed.email.clone(),
@@ -91,7 +91,7 @@ pub enum Decision {
 /// The order and notification kind an event calls for, if any.
 pub fn notification_kind(event: &Event) -> Option<(Uuid, NotificationKind)> {
     match event {
-        Event::OrderPlaced(e) => Some((e.order_id, NotificationKind::Placed)),
+        Event::OrderPlacedV2(e) => Some((e.order_id, NotificationKind::Placed)),
         Event::FulfillmentScheduled(e) => Some((e.order_id, NotificationKind::ShipmentScheduled)),
         Event::OrderCompleted(e) => Some((e.order_id, NotificationKind::Completed)),
         Event::OrderCancelled(e) => Some((e.order_id, NotificationKind::Cancelled)),
@@ -123,7 +123,7 @@ mod tests {
     use events::fulfillment::FulfillmentScheduled;
     use events::inventory::InventoryReserved;
     use events::order::{
-        CancelReason, OrderCancelled, OrderCompleted, OrderLine, OrderRejected, RejectReason,
+        CancelReason, OrderCancelled, OrderCompleted, OrderLineV2, OrderRejected, RejectReason,
         Shipping,
     };
 
@@ -131,15 +131,17 @@ mod tests {
 
     const ORDER: Uuid = Uuid::from_u128(0x0198_0000_0000_7000_8000_0000_0000_0001);
 
-    fn placed() -> OrderPlaced {
-        OrderPlaced {
+    fn placed() -> OrderPlacedV2 {
+        OrderPlacedV2 {
             order_id: ORDER,
             customer_id: "c-1".into(),
             email: "c1@example.com".into(),
-            items: vec![OrderLine {
+            currency: "EUR".into(),
+            items: vec![OrderLineV2 {
                 sku: "MUG".into(),
                 quantity: 1,
                 unit_price_cents: 1250,
+                discount_cents: 0,
             }],
             total_cents: 1250,
             payment_method: "tok_ok".into(),
@@ -178,7 +180,7 @@ mod tests {
     fn an_order_placed_tells_the_customer_it_was_placed() {
         check(
             known(&[]),
-            Event::OrderPlaced(placed()),
+            Event::OrderPlacedV2(placed()),
             send(NotificationKind::Placed),
         );
     }
@@ -241,7 +243,7 @@ mod tests {
         );
         check(
             known(&[NotificationKind::Placed]),
-            Event::OrderPlaced(placed()),
+            Event::OrderPlacedV2(placed()),
             Decision::AlreadySent,
         );
     }

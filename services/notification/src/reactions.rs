@@ -24,7 +24,7 @@ impl Handler for Reactions {
     ) -> Result<Vec<Event>, HandlerError> {
         let event = &incoming.event;
         match event {
-            Event::OrderPlaced(placed) => {
+            Event::OrderPlacedV2(placed) => {
                 apply_to_contacts(tx, incoming).await?;
                 notify(tx, placed.order_id, event).await
             }
@@ -43,7 +43,7 @@ pub async fn apply_to_contacts(
     tx: &mut PgConnection,
     incoming: &Incoming,
 ) -> Result<(), HandlerError> {
-    if let Event::OrderPlaced(placed) = &incoming.event {
+    if let Event::OrderPlacedV2(placed) = &incoming.event {
         store::insert_contact(tx, placed.order_id, &domain::contact_of(placed)).await?;
     }
     Ok(())

@@ -7,11 +7,14 @@
 
 use std::collections::{HashMap, HashSet};
 
+use events::Event;
+use events::order::{NotExpressibleInV1, OrderLineV2, OrderPlacedV2, Shipping};
 use events::streams::is_subject_token;
 use runtime::openapi::{NUL, non_blank_text, subject_token, whitespace_class};
 use serde::Deserialize;
 use utoipa::openapi::schema::{ArrayBuilder, Object, ObjectBuilder, SchemaType, Type};
 use utoipa::{PartialSchema, ToSchema};
+use uuid::Uuid;
 
 /// Most lines one order may have.
 pub const MAX_LINES: usize = 100;
@@ -431,6 +434,61 @@ pub struct PricedLine {
     pub sku: String,
     pub quantity: u32,
     pub unit_price_cents: i64,
+    /// Taken off the line's list price.
+    pub discount_cents: i64,
+}
+
+/// How the shop prices orders: the currency of its catalogue and its discount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pricing {
+    /// ISO 4217 code of every catalogue price.
+    pub currency: String,
+    pub volume_discount: Option<VolumeDiscount>,
+}
+
+/// A percentage off every line of at least `min_quantity` units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VolumeDiscount {
+    pub min_quantity: u32,
+    /// 1 to 100.
+    pub percent: u8,
+}
+
+impl VolumeDiscount {
+    /// Parses `<min quantity>:<percent>`, e.g. `10:5` for 5% off lines of 10 units or more.
+    pub fn parse(text: &str) -> Result<VolumeDiscount, String> {
+        let usage = || format!("{text:?} is not <min quantity>:<percent>, e.g. 10:5");
+        let (min_quantity, percent) = text.split_once(':').ok_or_else(usage)?;
+        let min_quantity: u32 = min_quantity.trim().parse().map_err(|_| usage())?;
+        let percent: u8 = percent.trim().parse().map_err(|_| usage())?;
+        if min_quantity == 0 || !(1..=100).contains(&percent) {
+            return Err(format!(
+                "{text:?}: the quantity must be at least 1 and the percent 1 to 100"
+            ));
+        }
+        Ok(VolumeDiscount {
+            min_quantity,
+            percent,
+        })
+    }
+
+    /// The discount on a line with this list price and quantity, rounded down to the cent.
+    fn on(self, list_price_cents: i64, quantity: u32) -> i64 {
+        if quantity < self.min_quantity {
+            return 0;
+        }
+        // Multiplying first keeps the cents exact; list prices are far below i64::MAX / 100.
+        list_price_cents.saturating_mul(i64::from(self.percent)) / 100
+    }
+}
+
+impl Default for Pricing {
+    fn default() -> Pricing {
+        Pricing {
+            currency: events::order::V1_CURRENCY.to_owned(),
+            volume_discount: None,
+        }
+    }
 }
 
 /// A valid order, priced.
@@ -438,11 +496,71 @@ pub struct PricedLine {
 pub struct NewOrder {
     pub customer_id: String,
     pub email: String,
+    pub currency: String,
     pub lines: Vec<PricedLine>,
     pub total_cents: i64,
     pub payment_method: String,
     pub country: String,
     pub address: String,
+}
+
+impl NewOrder {
+    /// The lines in their wire shape, as events carry them and the order keeps them.
+    pub fn wire_lines(&self) -> Vec<OrderLineV2> {
+        self.lines
+            .iter()
+            .map(|line| OrderLineV2 {
+                sku: line.sku.clone(),
+                quantity: line.quantity,
+                unit_price_cents: line.unit_price_cents,
+                discount_cents: line.discount_cents,
+            })
+            .collect()
+    }
+}
+
+/// Which version of `order.placed` the service publishes. V2 normally; V1 while a consumer that
+/// reads only v1 is still deployed, since consumers are upgraded before producers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlacedVersion {
+    #[value(name = "1")]
+    V1,
+    #[value(name = "2")]
+    V2,
+}
+
+impl PlacedVersion {
+    /// Whether orders priced this way can be told in this version: v1 has no currency
+    /// (it is euros) and no discounts.
+    pub fn can_carry(self, pricing: &Pricing) -> bool {
+        self == PlacedVersion::V2
+            || (pricing.currency == events::order::V1_CURRENCY && pricing.volume_discount.is_none())
+    }
+}
+
+/// The `order.placed` that starts the saga of a new order, in the version the service publishes.
+pub fn placed_event(
+    order_id: Uuid,
+    order: &NewOrder,
+    version: PlacedVersion,
+) -> Result<Event, NotExpressibleInV1> {
+    let placed = OrderPlacedV2 {
+        order_id,
+        customer_id: order.customer_id.clone(),
+        email: order.email.clone(),
+        currency: order.currency.clone(),
+        items: order.wire_lines(),
+        total_cents: order.total_cents,
+        payment_method: order.payment_method.clone(),
+        shipping: Shipping {
+            country: order.country.clone(),
+            address: order.address.clone(),
+        },
+    };
+    Ok(match version {
+        PlacedVersion::V1 => Event::OrderPlaced(placed.to_v1()?),
+        PlacedVersion::V2 => Event::OrderPlacedV2(placed),
+    })
 }
 
 /// Checks everything that does not need the catalogue; the first problem found is reported
@@ -525,11 +643,12 @@ fn check_text(field: &str, value: &str, max_chars: usize) -> Result<(), Invalid>
     Ok(())
 }
 
-/// Prices a validated request from the catalogue (SKU → unit price); an unknown SKU is
-/// reported with the path of its line.
+/// Prices a validated request from the catalogue (SKU → unit price) and the shop's pricing;
+/// an unknown SKU is reported with the path of its line. The total is after discounts.
 pub fn price(
     request: &OrderRequest,
     catalogue: &HashMap<String, i64>,
+    pricing: &Pricing,
 ) -> Result<NewOrder, Invalid> {
     let mut lines = Vec::with_capacity(request.items.len());
     let mut total_cents: i64 = 0;
@@ -540,19 +659,27 @@ pub fn price(
                 format!("unknown SKU {:?}", item.sku),
             ));
         };
-        total_cents = unit_price_cents
+        let too_large = || invalid("items", "the order total is too large");
+        let list_price_cents = unit_price_cents
             .checked_mul(i64::from(item.quantity))
-            .and_then(|line_total| total_cents.checked_add(line_total))
-            .ok_or_else(|| invalid("items", "the order total is too large"))?;
+            .ok_or_else(too_large)?;
+        let discount_cents = pricing
+            .volume_discount
+            .map_or(0, |discount| discount.on(list_price_cents, item.quantity));
+        total_cents = total_cents
+            .checked_add(list_price_cents - discount_cents)
+            .ok_or_else(too_large)?;
         lines.push(PricedLine {
             sku: item.sku.clone(),
             quantity: item.quantity,
             unit_price_cents,
+            discount_cents,
         });
     }
     Ok(NewOrder {
         customer_id: request.customer_id.trim().to_owned(),
         email: request.email.clone(),
+        currency: pricing.currency.clone(),
         lines,
         total_cents,
         payment_method: request.payment_method.clone(),
@@ -825,14 +952,56 @@ mod tests {
     #[test]
     fn an_order_is_priced_from_the_catalogue() {
         let catalogue = HashMap::from([("MUG".to_string(), 1250)]);
-        let order = price(&request(), &catalogue).unwrap();
+        let order = price(&request(), &catalogue, &Pricing::default()).unwrap();
         assert_eq!(order.total_cents, 2500);
+        assert_eq!(order.currency, "EUR");
         assert_eq!(order.lines[0].unit_price_cents, 1250);
+        assert_eq!(order.lines[0].discount_cents, 0);
+    }
+
+    #[test]
+    fn a_volume_discount_applies_from_its_quantity_and_rounds_down() {
+        let catalogue = HashMap::from([("MUG".to_string(), 999), ("TEE".to_string(), 1500)]);
+        let mut r = request();
+        r.items = vec![
+            ItemRequest {
+                sku: "MUG".into(),
+                quantity: 3,
+            },
+            ItemRequest {
+                sku: "TEE".into(),
+                quantity: 1,
+            },
+        ];
+        let pricing = Pricing {
+            currency: "USD".into(),
+            volume_discount: Some(VolumeDiscount::parse("3:10").unwrap()),
+        };
+        let order = price(&r, &catalogue, &pricing).unwrap();
+        // 10% of 3 × 9.99 = 2.997, rounded down; the single TEE is below the quantity.
+        assert_eq!(order.lines[0].discount_cents, 299);
+        assert_eq!(order.lines[1].discount_cents, 0);
+        assert_eq!(order.total_cents, 2997 - 299 + 1500);
+        assert_eq!(order.currency, "USD");
+    }
+
+    #[test]
+    fn a_volume_discount_is_parsed_or_refused_with_the_reason() {
+        assert_eq!(
+            VolumeDiscount::parse("10:5"),
+            Ok(VolumeDiscount {
+                min_quantity: 10,
+                percent: 5
+            })
+        );
+        for bad in ["10", "x:5", "10:0", "0:5", "10:101"] {
+            assert!(VolumeDiscount::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
     fn an_unknown_sku_is_named_with_its_line() {
-        let error = price(&request(), &HashMap::new()).unwrap_err();
+        let error = price(&request(), &HashMap::new(), &Pricing::default()).unwrap_err();
         assert_eq!(error.field, "items[0].sku");
         assert!(error.message.contains("unknown SKU"));
     }

@@ -8,8 +8,6 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use events::Event;
-use events::order::{OrderPlaced, Shipping};
 use events::streams::is_subject_token;
 use runtime::http::{ApiError, ErrorBody, JsonBody};
 use runtime::openapi::{OrderIdPath, SkuPath};
@@ -24,7 +22,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::cancellation::{self, CancelError};
-use crate::domain::{self, Cancellation, Invalid, OrderRequest, Status};
+use crate::domain::{self, Cancellation, Invalid, OrderRequest, PlacedVersion, Pricing, Status};
 use crate::store::{self, CatalogueEntry, KeyClaim, OrderView};
 
 /// Longest `Idempotency-Key` accepted.
@@ -52,6 +50,8 @@ pub struct AppState {
     pub outbox: Outbox,
     /// How long a new order has to reach a terminal state.
     pub deadline: Duration,
+    pub pricing: Pricing,
+    pub placed_version: PlacedVersion,
 }
 
 /// The service's routes with their documentation; health, metrics and middleware are added
@@ -181,7 +181,7 @@ async fn place_order(
     }
     let skus: Vec<String> = request.items.iter().map(|item| item.sku.clone()).collect();
     let prices = store::prices(&mut tx, &skus).await?;
-    let order = domain::price(&request, &prices)?;
+    let order = domain::price(&request, &prices, &state.pricing)?;
 
     let traceparent = runtime::telemetry::traceparent(&tracing::Span::current());
     store::insert_order(
@@ -192,18 +192,8 @@ async fn place_order(
         traceparent.as_deref(),
     )
     .await?;
-    let event = Event::OrderPlaced(OrderPlaced {
-        order_id,
-        customer_id: order.customer_id.clone(),
-        email: order.email.clone(),
-        items: store::lines(&order),
-        total_cents: order.total_cents,
-        payment_method: order.payment_method.clone(),
-        shipping: Shipping {
-            country: order.country.clone(),
-            address: order.address.clone(),
-        },
-    });
+    let event = domain::placed_event(order_id, &order, state.placed_version)
+        .map_err(|error| anyhow::anyhow!("order.placed v1 cannot carry this order: {error}"))?;
     let cause = Cause {
         correlationid: order_id.to_string(),
         causationid: None,

@@ -49,9 +49,31 @@ pub struct Config {
     #[arg(long, env = "TRACE_UI_URL", default_value = "http://localhost:16686")]
     pub trace_ui_url: String,
 
+    /// ISO 4217 code of the catalogue's prices, and so of every order.
+    #[arg(long, env = "CURRENCY", default_value = "EUR", value_parser = parse_currency)]
+    pub currency: String,
+
+    /// A discount on every order line of at least a quantity, as `<min quantity>:<percent>`
+    /// (`10:5` takes 5% off lines of 10 units or more); none when unset.
+    #[arg(long, env = "VOLUME_DISCOUNT", value_parser = domain::VolumeDiscount::parse)]
+    pub volume_discount: Option<domain::VolumeDiscount>,
+
+    /// The version of `order.placed` to publish: 2, or 1 while a consumer that reads only v1
+    /// is still deployed (v1 carries euro orders without discounts only).
+    #[arg(long, env = "ORDER_PLACED_VERSION", default_value = "2")]
+    pub order_placed_version: domain::PlacedVersion,
+
     /// What to do; without a command, run the service.
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+fn parse_currency(text: &str) -> Result<String, String> {
+    if text.len() == 3 && text.bytes().all(|b| b.is_ascii_uppercase()) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!("{text:?} is not an ISO 4217 code such as EUR"))
+    }
 }
 
 /// One-off operations on the service's data, run with the service's own settings.
@@ -92,6 +114,18 @@ pub fn routes(state: http::AppState, trace_ui_url: String) -> OpenApiRouter {
 
 /// Connects, migrates and binds the order service, ready to run.
 pub async fn build(config: Config) -> anyhow::Result<Service<reactions::Reactions>> {
+    let pricing = domain::Pricing {
+        currency: config.currency,
+        volume_discount: config.volume_discount,
+    };
+    if !config.order_placed_version.can_carry(&pricing) {
+        anyhow::bail!(
+            "ORDER_PLACED_VERSION=1 publishes order.placed v1, which has neither a currency (it \
+             is {}) nor discounts: set CURRENCY={} and unset VOLUME_DISCOUNT, or publish v2",
+            events::order::V1_CURRENCY,
+            events::order::V1_CURRENCY,
+        );
+    }
     let platform = Platform::connect(IDENTITY, config.runtime, &MIGRATIONS).await?;
     let saga_metrics = metrics::SagaMetrics::register(&platform.metrics, platform.pool.clone());
     let routes = routes(
@@ -99,6 +133,8 @@ pub async fn build(config: Config) -> anyhow::Result<Service<reactions::Reaction
             pool: platform.pool.clone(),
             outbox: platform.outbox.clone(),
             deadline: config.deadline,
+            pricing,
+            placed_version: config.order_placed_version,
         },
         config.trace_ui_url,
     );

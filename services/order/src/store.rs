@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use events::order::{OrderLine, Shipping};
+use events::order::{OrderLineV2, Shipping};
 use serde::Serialize;
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
@@ -25,13 +25,13 @@ pub async fn insert_order(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO orders (order_id, customer_id, email, items, total_cents, payment_method, \
-         shipping, status, deadline_at, traceparent) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9), $10)",
+         shipping, status, deadline_at, traceparent, currency) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9), $10, $11)",
     )
     .bind(order_id)
     .bind(&order.customer_id)
     .bind(&order.email)
-    .bind(Json(lines(order)))
+    .bind(Json(order.wire_lines()))
     .bind(order.total_cents)
     .bind(&order.payment_method)
     .bind(Json(Shipping {
@@ -41,22 +41,10 @@ pub async fn insert_order(
     .bind(Status::Pending.as_str())
     .bind(deadline.as_secs_f64())
     .bind(traceparent)
+    .bind(&order.currency)
     .execute(tx)
     .await?;
     Ok(())
-}
-
-/// The order's lines in their wire shape.
-pub fn lines(order: &NewOrder) -> Vec<OrderLine> {
-    order
-        .lines
-        .iter()
-        .map(|line| OrderLine {
-            sku: line.sku.clone(),
-            quantity: line.quantity,
-            unit_price_cents: line.unit_price_cents,
-        })
-        .collect()
 }
 
 /// The saga state of an order, locked for update.
@@ -154,9 +142,13 @@ pub struct OrderView {
     #[schema(schema_with = Reason::nullable_schema, required = true)]
     pub reason: Option<String>,
     #[schema(schema_with = order_lines_schema)]
-    pub items: Vec<OrderLine>,
+    pub items: Vec<OrderLineV2>,
+    /// What the customer pays: the lines' prices less their discounts.
     #[schema(minimum = 0)]
     pub total_cents: i64,
+    /// ISO 4217 code of every amount of the order.
+    #[schema(example = "EUR", pattern = "^[A-Z]{3}$")]
+    pub currency: String,
     /// The saga's trace (null when tracing was off when it was placed).
     #[schema(schema_with = trace_id_schema, required = true)]
     pub trace_id: Option<String>,
@@ -172,7 +164,7 @@ pub struct HistoryEntry {
     pub at: DateTime<Utc>,
 }
 
-/// The lines of an order as `events::order::OrderLine` serialises them.
+/// The lines of an order as `events::order::OrderLineV2` serialises them.
 fn order_lines_schema() -> ArrayBuilder {
     let integer = |minimum: u32| {
         ObjectBuilder::new()
@@ -183,9 +175,11 @@ fn order_lines_schema() -> ArrayBuilder {
         .property("sku", runtime::openapi::subject_token())
         .property("quantity", integer(1).maximum(Some(MAX_QUANTITY)))
         .property("unit_price_cents", integer(0))
+        .property("discount_cents", integer(0))
         .required("sku")
         .required("quantity")
-        .required("unit_price_cents");
+        .required("unit_price_cents")
+        .required("discount_cents");
     ArrayBuilder::new().items(line)
 }
 
@@ -201,14 +195,15 @@ struct OrderRow {
     customer_id: String,
     status: String,
     reason: Option<String>,
-    items: Json<Vec<OrderLine>>,
+    items: Json<Vec<OrderLineV2>>,
     total_cents: i64,
+    currency: String,
     traceparent: Option<String>,
 }
 
 pub async fn order_view(pool: &PgPool, order_id: Uuid) -> Result<Option<OrderView>, sqlx::Error> {
     let row: Option<OrderRow> = sqlx::query_as(
-        "SELECT customer_id, status, reason, items, total_cents, traceparent FROM orders \
+        "SELECT customer_id, status, reason, items, total_cents, currency, traceparent FROM orders \
          WHERE order_id = $1",
     )
     .bind(order_id)
@@ -230,6 +225,7 @@ pub async fn order_view(pool: &PgPool, order_id: Uuid) -> Result<Option<OrderVie
         reason: row.reason,
         items: row.items.0,
         total_cents: row.total_cents,
+        currency: row.currency,
         trace_id: row
             .traceparent
             .as_deref()
@@ -367,10 +363,11 @@ mod tests {
 
     #[test]
     fn the_documented_order_line_has_the_fields_of_the_event_type() {
-        let line = OrderLine {
+        let line = OrderLineV2 {
             sku: "MUG".to_owned(),
             quantity: 2,
             unit_price_cents: 1250,
+            discount_cents: 0,
         };
         let serialised = serde_json::to_value(&line).expect("a line serialises");
         let documented =

@@ -3,7 +3,7 @@
 //! answer is an input, so every rule is tested without one.
 
 use events::Event;
-use events::order::OrderPlaced;
+use events::order::OrderPlacedV2;
 use events::payment::{PaymentAuthorized, PaymentDeclined, PaymentRefunded};
 use thiserror::Error;
 use uuid::Uuid;
@@ -44,6 +44,8 @@ impl PaymentStatus {
 pub struct Payment {
     pub order_id: Uuid,
     pub amount_cents: i64,
+    /// ISO 4217 code of `amount_cents`.
+    pub currency: String,
     /// The customer's payment token: handed to the gateway, never logged.
     pub payment_method: String,
     pub status: PaymentStatus,
@@ -67,7 +69,7 @@ pub enum Rejection {
 }
 
 /// `order.placed`: the payment the order will need, pending until its stock is reserved.
-pub fn payment_for(placed: &OrderPlaced) -> Result<Payment, Rejection> {
+pub fn payment_for(placed: &OrderPlacedV2) -> Result<Payment, Rejection> {
     if placed.total_cents < 0 {
         return Err(Rejection::NegativeTotal {
             order_id: placed.order_id,
@@ -77,6 +79,7 @@ pub fn payment_for(placed: &OrderPlaced) -> Result<Payment, Rejection> {
     Ok(Payment {
         order_id: placed.order_id,
         amount_cents: placed.total_cents,
+        currency: placed.currency.clone(),
         payment_method: placed.payment_method.clone(),
         status: PaymentStatus::Pending,
     })
@@ -247,7 +250,7 @@ pub fn cancel(payment: &Payment) -> Cancel<'_> {
 
 #[cfg(test)]
 mod tests {
-    use events::order::{OrderLine, Shipping};
+    use events::order::{OrderLineV2, Shipping};
 
     use super::*;
 
@@ -257,6 +260,7 @@ mod tests {
         Payment {
             order_id: ORDER,
             amount_cents: 2500,
+            currency: "EUR".into(),
             payment_method: "tok_ok".into(),
             status,
         }
@@ -280,15 +284,17 @@ mod tests {
         }
     }
 
-    fn placed(total_cents: i64) -> OrderPlaced {
-        OrderPlaced {
+    fn placed(total_cents: i64) -> OrderPlacedV2 {
+        OrderPlacedV2 {
             order_id: ORDER,
             customer_id: "c-1".into(),
             email: "c1@example.com".into(),
-            items: vec![OrderLine {
+            currency: "EUR".into(),
+            items: vec![OrderLineV2 {
                 sku: "MUG".into(),
                 quantity: 2,
                 unit_price_cents: 1250,
+                discount_cents: 0,
             }],
             total_cents,
             payment_method: "tok_ok".into(),

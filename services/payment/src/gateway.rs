@@ -81,13 +81,14 @@ impl Gateway {
         })
     }
 
-    /// Authorizes `amount_cents` on `payment_method`. The order id is the idempotency key:
+    /// Authorizes `amount_cents` of `currency` on `payment_method`. The order id is the idempotency key:
     /// asking again (a retry, a redelivery) answers with the same authorization.
     pub async fn authorize(
         &self,
         order_id: Uuid,
         payment_method: &str,
         amount_cents: i64,
+        currency: &str,
     ) -> Result<GatewayOutcome, GatewayError> {
         let answer: AuthorizationAnswer = self
             .call(
@@ -96,6 +97,7 @@ impl Gateway {
                     "idempotency_key": order_id.to_string(),
                     "payment_method": payment_method,
                     "amount_cents": amount_cents,
+                    "currency": currency,
                 }),
             )
             .await?;

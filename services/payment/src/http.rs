@@ -57,6 +57,9 @@ pub struct PaymentView {
     pub status: &'static str,
     #[schema(minimum = 0)]
     pub amount_cents: i64,
+    /// ISO 4217 code of the amounts, from `order.placed` (`EUR` for v1 events).
+    #[schema(example = "EUR")]
+    pub currency: String,
     /// The whole amount once refunded, else 0.
     #[schema(minimum = 0)]
     pub refunded_cents: i64,
@@ -68,6 +71,7 @@ impl From<&Payment> for PaymentView {
             order_id: payment.order_id,
             status: payment.status.as_str(),
             amount_cents: payment.amount_cents,
+            currency: payment.currency.clone(),
             refunded_cents: payment.refunded_cents(),
         }
     }

@@ -5,7 +5,7 @@
 
 use anyhow::anyhow;
 use events::Event;
-use events::order::OrderPlaced;
+use events::order::OrderPlacedV2;
 use runtime::consumer::{Handler, HandlerError, Incoming};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -27,7 +27,7 @@ impl Handler for Reactions {
         incoming: &'a Incoming,
     ) -> Result<Vec<Event>, HandlerError> {
         match &incoming.event {
-            Event::OrderPlaced(placed) => order_placed(tx, placed).await,
+            Event::OrderPlacedV2(placed) => order_placed(tx, placed).await,
             Event::InventoryReserved(reserved) => {
                 self.inventory_reserved(tx, reserved.order_id).await
             }
@@ -62,7 +62,7 @@ impl Reactions {
         };
         let outcome = self
             .gateway
-            .authorize(order_id, payment_method, amount_cents)
+            .authorize(order_id, payment_method, amount_cents, &payment.currency)
             .await
             .map_err(unavailable)?;
         let transition = domain::record_authorization(&payment, outcome);
@@ -142,7 +142,7 @@ impl Reactions {
 #[tracing::instrument(skip_all, fields(order_id = %placed.order_id))]
 async fn order_placed(
     tx: &mut PgConnection,
-    placed: &OrderPlaced,
+    placed: &OrderPlacedV2,
 ) -> Result<Vec<Event>, HandlerError> {
     let payment =
         domain::payment_for(placed).map_err(|error| HandlerError::Permanent(error.to_string()))?;

@@ -9,6 +9,7 @@ mod concurrency;
 mod crash;
 mod dead_letters;
 mod duplicates;
+mod evolution;
 mod faults;
 mod gateway;
 mod hardening;

@@ -13,7 +13,11 @@ use e2e::system::{Service, System, SystemOptions, service_binary_directory};
 use sqlx::Connection as _;
 
 /// Runs a service binary's rebuild command against the system's database and NATS.
-async fn rebuild(system: &System, service: Service, command: &str) -> anyhow::Result<String> {
+pub(crate) async fn rebuild(
+    system: &System,
+    service: Service,
+    command: &str,
+) -> anyhow::Result<String> {
     let binary = service_binary_directory()?.join(service.binary_name());
     let output = tokio::process::Command::new(&binary)
         .arg(command)

@@ -43,6 +43,8 @@ async fn the_document_lists_every_route_the_service_serves() {
             pool: database.pool.clone(),
             outbox: Outbox::new("order"),
             deadline: Duration::from_secs(30),
+            pricing: order::domain::Pricing::default(),
+            placed_version: order::domain::PlacedVersion::V2,
         },
         "http://jaeger.test:16686".to_owned(),
     );

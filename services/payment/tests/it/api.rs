@@ -28,7 +28,7 @@ async fn a_payment_shows_its_status_and_amounts() {
         get(&database, &format!("/payments/{order_id}")).await,
         (
             StatusCode::OK,
-            json!({"order_id": order_id, "status": "pending", "amount_cents": 2500, "refunded_cents": 0})
+            json!({"order_id": order_id, "status": "pending", "amount_cents": 2500, "currency": "EUR", "refunded_cents": 0})
         )
     );
 
@@ -42,7 +42,7 @@ async fn a_payment_shows_its_status_and_amounts() {
         get(&database, &format!("/payments/{order_id}")).await,
         (
             StatusCode::OK,
-            json!({"order_id": order_id, "status": "refunded", "amount_cents": 2500, "refunded_cents": 2500})
+            json!({"order_id": order_id, "status": "refunded", "amount_cents": 2500, "currency": "EUR", "refunded_cents": 2500})
         )
     );
 }
