@@ -3,6 +3,7 @@
 //! states and the cross-service invariants. Run `cargo build --workspace --bins` first.
 
 mod audit;
+mod bench;
 mod cancellation;
 mod cluster;
 mod concurrency;

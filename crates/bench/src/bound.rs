@@ -1,0 +1,316 @@
+//! The machine's own limit for this work, measured in the same run on the same servers: how
+//! many saga-step transactions Postgres commits a second, and how many messages JetStream
+//! takes and hands out a second, each driven by a minimal client with no service logic. With
+//! what one saga costs in each (counted from the system during the run), that bounds the
+//! sagas a second this machine could do.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, AckKind, consumer, stream};
+use futures::StreamExt;
+use serde::Serialize;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+/// The messaging tables, exactly as every service has them.
+static MESSAGING: sqlx::migrate::Migrator = sqlx::migrate!("../runtime/migrations");
+
+/// A payload the size of a typical envelope (`order.placed` is the largest, ~700 bytes).
+const PAYLOAD_BYTES: usize = 700;
+/// Rows of saga state the transactions update, spread so they do not queue on one row.
+const STATE_ROWS: i64 = 10_000;
+
+/// What one saga costs, counted from the system over a phase.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct PerSaga {
+    /// Database transactions that apply a step: each consumer delivery, and each order placed.
+    pub transactions: f64,
+    /// Events published to the streams.
+    pub publishes: f64,
+    /// Deliveries to the services' durable consumers.
+    pub deliveries: f64,
+}
+
+/// The machine's limits and the sagas a second they allow.
+#[derive(Debug, Clone, Serialize)]
+pub struct Bound {
+    pub postgres_step_commits_per_s: f64,
+    pub postgres_clients: usize,
+    pub jetstream_publishes_per_s: f64,
+    pub jetstream_consumes_per_s: f64,
+    pub per_saga: PerSaga,
+    /// Each resource alone: the smallest of commits/s ÷ transactions, publishes/s ÷
+    /// publishes and consumes/s ÷ deliveries per saga.
+    pub sagas_per_s_each_alone: f64,
+    /// The resources sharing the machine, as they do under load: one saga costs the sum of
+    /// its share of each (1 / Σ cost/rate). This is the bound the ratio is taken against.
+    pub sagas_per_s: f64,
+}
+
+impl Bound {
+    pub fn new(postgres: (f64, usize), jetstream: (f64, f64), per_saga: PerSaga) -> Bound {
+        let (commits, clients) = postgres;
+        let (publishes, consumes) = jetstream;
+        let share = |cost: f64, rate: f64| {
+            if rate > 0.0 {
+                cost / rate
+            } else {
+                f64::INFINITY
+            }
+        };
+        let each = [
+            1.0 / share(per_saga.transactions, commits),
+            1.0 / share(per_saga.publishes, publishes),
+            1.0 / share(per_saga.deliveries, consumes),
+        ];
+        let combined = share(per_saga.transactions, commits)
+            + share(per_saga.publishes, publishes)
+            + share(per_saga.deliveries, consumes);
+        Bound {
+            postgres_step_commits_per_s: commits,
+            postgres_clients: clients,
+            jetstream_publishes_per_s: publishes,
+            jetstream_consumes_per_s: consumes,
+            per_saga,
+            sagas_per_s_each_alone: each.into_iter().fold(f64::INFINITY, f64::min),
+            sagas_per_s: if combined > 0.0 { 1.0 / combined } else { 0.0 },
+        }
+    }
+}
+
+/// Commits a second of the transaction a service runs per saga step — inbox insert, one
+/// row updated, one outbox insert (its notify trigger included) — from `clients` concurrent
+/// connections for `duration`, in a scratch database on `server_url`.
+pub async fn postgres_step_commits(
+    server_url: &str,
+    clients: usize,
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    let server_url = server_url.trim_end_matches('/');
+    let name = format!("saga_bench_bound_{}", std::process::id());
+    let mut admin = PgConnection::connect(&format!("{server_url}/postgres"))
+        .await
+        .with_context(|| format!("failed to connect to Postgres at {server_url}"))?;
+    let drop_sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+    sqlx::raw_sql(AssertSqlSafe(drop_sql.clone()))
+        .execute(&mut admin)
+        .await?;
+    sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await?;
+    let measured = async {
+        let pool = PgPoolOptions::new()
+            .max_connections(clients as u32)
+            .connect(&format!("{server_url}/{name}"))
+            .await?;
+        MESSAGING.run(&pool).await?;
+        sqlx::raw_sql(
+            "CREATE TABLE saga_state (id BIGINT PRIMARY KEY, status TEXT NOT NULL, \
+             updated_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+        )
+        .execute(&pool)
+        .await?;
+        sqlx::query("INSERT INTO saga_state (id, status) SELECT n, 'pending' FROM generate_series(1, $1) n")
+            .bind(STATE_ROWS)
+            .execute(&pool)
+            .await?;
+        let commits = Arc::new(AtomicU64::new(0));
+        let payload = vec![b'x'; PAYLOAD_BYTES];
+        let deadline = Instant::now() + duration;
+        let workers: Vec<_> = (0..clients)
+            .map(|worker| {
+                let (pool, commits, payload) = (pool.clone(), Arc::clone(&commits), payload.clone());
+                tokio::spawn(async move {
+                    let mut row = worker as i64;
+                    while Instant::now() < deadline {
+                        row = row % STATE_ROWS + 1;
+                        let event_id = Uuid::now_v7();
+                        let step = async {
+                            let mut tx = pool.begin().await?;
+                            sqlx::query("INSERT INTO inbox (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                                .bind("bench")
+                                .bind(event_id)
+                                .execute(&mut *tx)
+                                .await?;
+                            sqlx::query("UPDATE saga_state SET status = $2, updated_at = now() WHERE id = $1")
+                                .bind(row)
+                                .bind("reserved")
+                                .execute(&mut *tx)
+                                .await?;
+                            sqlx::query("INSERT INTO outbox (event_id, subject, payload, headers) VALUES ($1, $2, $3, '{}')")
+                                .bind(Uuid::now_v7())
+                                .bind("bench.step")
+                                .bind(&payload)
+                                .execute(&mut *tx)
+                                .await?;
+                            tx.commit().await
+                        };
+                        if step.await.is_ok() {
+                            commits.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let started = Instant::now();
+        for worker in workers {
+            let _ = worker.await;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        pool.close().await;
+        anyhow::Ok(commits.load(Ordering::Relaxed) as f64 / elapsed)
+    }
+    .await;
+    let dropped = sqlx::raw_sql(AssertSqlSafe(drop_sql))
+        .execute(&mut admin)
+        .await;
+    let rate = measured?;
+    dropped?;
+    Ok(rate)
+}
+
+/// Publishes a second (each awaited for its ack, `in_flight` outstanding at once, with a
+/// `Nats-Msg-Id` like the relay's) into a scratch file stream configured like the services'
+/// streams, then consumes a second (pulled in batches, each acked) of what was published.
+pub async fn jetstream_rates(
+    jetstream: &jetstream::Context,
+    stream_config: stream::Config,
+    in_flight: usize,
+    duration: Duration,
+) -> anyhow::Result<(f64, f64)> {
+    let name = format!("SAGA_BENCH_BOUND_{}", std::process::id());
+    let subject = format!("saga-bench-bound-{}", std::process::id());
+    let config = stream::Config {
+        name: name.clone(),
+        subjects: vec![format!("{subject}.>")],
+        ..stream_config
+    };
+    let _ = jetstream.delete_stream(&name).await;
+    jetstream
+        .create_stream(config)
+        .await
+        .context("failed to create the bench's scratch stream")?;
+    let measured = async {
+        let payload = bytes::Bytes::from(vec![b'x'; PAYLOAD_BYTES]);
+        let published = Arc::new(AtomicU64::new(0));
+        let deadline = Instant::now() + duration;
+        let started = Instant::now();
+        let publishers: Vec<_> = (0..in_flight)
+            .map(|worker| {
+                let (jetstream, payload, published) =
+                    (jetstream.clone(), payload.clone(), Arc::clone(&published));
+                let subject = format!("{subject}.{worker}");
+                tokio::spawn(async move {
+                    while Instant::now() < deadline {
+                        let message = jetstream::message::PublishMessage::build()
+                            .payload(payload.clone())
+                            .message_id(Uuid::now_v7().to_string());
+                        let Ok(ack) = jetstream.send_publish(subject.clone(), message).await else {
+                            continue;
+                        };
+                        if ack.await.is_ok() {
+                            published.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for publisher in publishers {
+            let _ = publisher.await;
+        }
+        let publish_rate =
+            published.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+
+        let stream = jetstream.get_stream(&name).await?;
+        let consumer = stream
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some("bound".to_owned()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ..Default::default()
+            })
+            .await?;
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(256)
+            .messages()
+            .await?;
+        let started = Instant::now();
+        let deadline = started + duration;
+        let mut consumed = 0u64;
+        while Instant::now() < deadline {
+            let next = tokio::time::timeout(Duration::from_secs(1), messages.next()).await;
+            let Ok(Some(Ok(message))) = next else { break };
+            if message.ack_with(AckKind::Ack).await.is_ok() {
+                consumed += 1;
+            }
+        }
+        let consume_rate = consumed as f64 / started.elapsed().as_secs_f64();
+        anyhow::Ok((publish_rate, consume_rate))
+    }
+    .await;
+    let deleted = jetstream.delete_stream(&name).await;
+    let rates = measured?;
+    deleted.context("failed to delete the bench's scratch stream")?;
+    Ok(rates)
+}
+
+/// Totals read from the system's streams: messages stored, and deliveries to its durable
+/// consumers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StreamTotals {
+    pub messages: u64,
+    pub deliveries: u64,
+}
+
+impl StreamTotals {
+    pub async fn read(jetstream: &jetstream::Context) -> anyhow::Result<StreamTotals> {
+        let mut totals = StreamTotals::default();
+        for context in events::streams::Context::ALL {
+            let stream = jetstream.get_stream(context.stream()).await?;
+            totals.messages += stream.get_info().await?.state.messages;
+            let mut consumers = stream.consumers();
+            while let Some(info) = consumers.next().await {
+                let info = info?;
+                if info.config.durable_name.is_some() {
+                    totals.deliveries += info.delivered.consumer_sequence;
+                }
+            }
+        }
+        Ok(totals)
+    }
+
+    /// What one saga cost between `self` (before) and `after`, with `placed` orders and
+    /// `ended` sagas in between.
+    pub fn per_saga(&self, after: &StreamTotals, placed: u64, ended: u64) -> PerSaga {
+        let ended = ended.max(1) as f64;
+        let deliveries = after.deliveries.saturating_sub(self.deliveries) as f64;
+        PerSaga {
+            transactions: (deliveries + placed as f64) / ended,
+            publishes: after.messages.saturating_sub(self.messages) as f64 / ended,
+            deliveries: deliveries / ended,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bound_shares_the_machine_between_the_resources() {
+        let per_saga = PerSaga {
+            transactions: 10.0,
+            publishes: 5.0,
+            deliveries: 10.0,
+        };
+        let bound = Bound::new((10_000.0, 32), (50_000.0, 100_000.0), per_saga);
+        // Alone: 1,000 (Postgres), 10,000 and 10,000 sagas/s; shared: 1 / (1/1000 + 2/10000).
+        assert_eq!(bound.sagas_per_s_each_alone, 1000.0);
+        assert!((bound.sagas_per_s - 1.0 / 0.0012).abs() < 1e-6);
+    }
+}

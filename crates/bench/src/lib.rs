@@ -1,0 +1,422 @@
+//! `saga-bench`: drives a running system through its public HTTP API and measures complete
+//! sagas — throughput, end-to-end latency taken from the terminal events, `POST /orders`
+//! latency, errors, CPU and memory of every process — next to the machine's own bound for
+//! the same database and broker work, measured in the same run.
+//!
+//! A run: idle CPU for a moment; a closed loop (fixed customers, each waiting for its saga)
+//! to find the maximum throughput; an open loop at half that rate for latencies; then the
+//! bound. It writes a JSON report and an SVG plot and prints a summary.
+
+pub mod bound;
+pub mod load;
+pub mod mix;
+pub mod plot;
+pub mod procs;
+pub mod stats;
+pub mod watch;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::bound::{Bound, PerSaga, StreamTotals};
+use crate::load::Driver;
+use crate::mix::Mix;
+use crate::procs::{Sampler, Usage};
+use crate::stats::PhaseFigures;
+use crate::watch::Watcher;
+
+/// Which phases to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Closed loop for the maximum, then open loop at half of it.
+    Auto,
+    /// Open loop at `--rate` only.
+    Open,
+    /// Closed loop only.
+    Closed,
+}
+
+/// What to run against and how.
+#[derive(Debug, Clone, clap::Args, Serialize)]
+pub struct Options {
+    /// The order service.
+    #[arg(long, env = "BENCH_ORDER_URL", default_value = "http://127.0.0.1:8080")]
+    pub order_url: String,
+    /// The inventory service (the bench creates its products there).
+    #[arg(
+        long,
+        env = "BENCH_INVENTORY_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    pub inventory_url: String,
+    /// The system's NATS server: terminal events are read from its ORDER stream.
+    #[arg(long, env = "BENCH_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// The system's Postgres server, where the bound's scratch database is created.
+    #[arg(
+        long,
+        env = "BENCH_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432"
+    )]
+    pub postgres_url: String,
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    pub mode: Mode,
+    /// Orders a second in the open loop; in `auto` mode, half the closed loop's maximum.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Customers in the closed loop, each with one saga in flight.
+    #[arg(long, default_value_t = 256)]
+    pub customers: usize,
+    /// How long each loading phase places orders.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde_compat")]
+    pub duration: Duration,
+    /// How long to measure the idle system's CPU first.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde_compat")]
+    pub idle: Duration,
+    /// Percentages of happy, declined, out-of-stock and cannot-ship orders.
+    #[arg(long, default_value_t = Mix::default())]
+    pub mix: Mix,
+    /// How long each part of the bound measurement runs; 0 skips the bound.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde_compat")]
+    pub bound_duration: Duration,
+    /// Concurrent connections of the bound's Postgres client: what the services together
+    /// keep busy (5 services × `DB_MAX_CONNECTIONS` of 10 is the ceiling).
+    #[arg(long, default_value_t = 32)]
+    pub bound_clients: usize,
+    /// Where to write the JSON report.
+    #[arg(long, default_value = "bench-report.json")]
+    pub report: PathBuf,
+    /// Where to write the SVG plot.
+    #[arg(long, default_value = "bench-report.svg")]
+    pub plot: PathBuf,
+    /// A few seconds of everything at a low rate, with no thresholds: checks the tool and
+    /// the system work (CI runs this).
+    #[arg(long)]
+    pub smoke: bool,
+}
+
+/// Durations in the report as `humantime` text, e.g. `"60s"`.
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(
+        value: &Duration,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&humantime::format_duration(*value).to_string())
+    }
+}
+
+impl Options {
+    /// Parses command-line arguments (the first is the program's name).
+    pub fn parse_from<I, T>(arguments: I) -> Result<Options, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        #[derive(clap::Parser)]
+        #[command(
+            about = "Drives a running order-saga system through its HTTP API and \
+                           measures complete sagas against the machine's own bound for the \
+                           same work.",
+            version
+        )]
+        struct Cli {
+            #[command(flatten)]
+            options: Options,
+        }
+        <Cli as clap::Parser>::try_parse_from(arguments).map(|cli| cli.options)
+    }
+
+    /// The options with `--smoke` applied: short phases at a low rate.
+    pub fn effective(mut self) -> Options {
+        if self.smoke {
+            self.duration = Duration::from_secs(3);
+            self.idle = Duration::from_secs(1);
+            self.bound_duration = Duration::from_secs(1);
+            self.customers = self.customers.min(8);
+            self.rate = Some(self.rate.unwrap_or(20.0).min(20.0));
+        }
+        self
+    }
+}
+
+/// One loading phase: what it measured and what the processes used meanwhile.
+#[derive(Debug, Clone, Serialize)]
+pub struct Phase {
+    pub kind: &'static str,
+    /// Open loop: orders a second asked for.
+    pub target_rate: Option<f64>,
+    /// Closed loop: customers.
+    pub customers: Option<usize>,
+    pub figures: PhaseFigures,
+    pub processes: Vec<Usage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_saga: Option<PerSaga>,
+}
+
+/// Everything a run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub started_at: DateTime<Utc>,
+    pub machine: Machine,
+    pub options: Options,
+    /// The system at rest: CPU each program used while nothing was asked of it.
+    pub idle: Vec<Usage>,
+    pub phases: Vec<Phase>,
+    pub bound: Option<Bound>,
+    /// The highest throughput measured over the bound's sagas a second.
+    pub achieved_over_bound: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub os: &'static str,
+}
+
+/// Runs the bench against a running system and writes its report and plot.
+pub async fn run(options: Options) -> anyhow::Result<Report> {
+    let options = options.effective();
+    let started_at = Utc::now();
+    let client = async_nats::connect(&options.nats_url)
+        .await
+        .with_context(|| format!("failed to connect to NATS at {}", options.nats_url))?;
+    let jetstream = async_nats::jetstream::new(client);
+    let http = reqwest::Client::new();
+    load::prepare_products(&http, &options.inventory_url, &options.order_url).await?;
+
+    let sampler = Sampler::start();
+    let mark = sampler.mark();
+    tokio::time::sleep(options.idle).await;
+    let idle = sampler.usage_since(&mark);
+
+    let watcher = Watcher::start(&jetstream).await?;
+    let show_progress = !options.smoke;
+    let driver = Arc::new(Driver::new(
+        &options.order_url,
+        options.mix,
+        watcher,
+        show_progress,
+    ));
+    let mut phases = Vec::new();
+
+    if matches!(options.mode, Mode::Auto | Mode::Closed) {
+        let before = StreamTotals::read(&jetstream).await?;
+        let mark = sampler.mark();
+        let figures = driver
+            .closed_loop(options.customers, options.duration)
+            .await;
+        let processes = sampler.usage_since(&mark);
+        let after = StreamTotals::read(&jetstream).await?;
+        eprintln!("{}", phase_line("closed loop", &figures));
+        phases.push(Phase {
+            kind: "closed",
+            target_rate: None,
+            customers: Some(options.customers),
+            per_saga: Some(before.per_saga(&after, figures.placed, figures.ended)),
+            figures,
+            processes,
+        });
+    }
+    if matches!(options.mode, Mode::Auto | Mode::Open) {
+        let rate = match (options.rate, phases.first()) {
+            (Some(rate), _) if options.mode == Mode::Open || options.smoke => rate,
+            (_, Some(closed)) => (closed.figures.ended_per_s / 2.0).max(1.0),
+            (Some(rate), None) => rate,
+            (None, None) => anyhow::bail!("--mode open needs --rate"),
+        };
+        let before = StreamTotals::read(&jetstream).await?;
+        let mark = sampler.mark();
+        let figures = driver.open_loop(rate, options.duration).await;
+        let processes = sampler.usage_since(&mark);
+        let after = StreamTotals::read(&jetstream).await?;
+        eprintln!(
+            "{}",
+            phase_line(&format!("open loop at {rate:.0}/s"), &figures)
+        );
+        phases.push(Phase {
+            kind: "open",
+            target_rate: Some(rate),
+            customers: None,
+            per_saga: Some(before.per_saga(&after, figures.placed, figures.ended)),
+            figures,
+            processes,
+        });
+    }
+
+    let bound = if options.bound_duration.is_zero() {
+        None
+    } else {
+        eprintln!(
+            "measuring the machine's bound ({} per part)",
+            humantime::format_duration(options.bound_duration)
+        );
+        let commits = bound::postgres_step_commits(
+            &options.postgres_url,
+            options.bound_clients,
+            options.bound_duration,
+        )
+        .await?;
+        let stream_config = runtime::jetstream::context_stream(events::streams::Context::Order, 1);
+        let (publishes, consumes) =
+            bound::jetstream_rates(&jetstream, stream_config, 256, options.bound_duration).await?;
+        let per_saga = phases
+            .iter()
+            .filter_map(|phase| phase.per_saga)
+            .next()
+            .unwrap_or_default();
+        Some(Bound::new(
+            (commits, options.bound_clients),
+            (publishes, consumes),
+            per_saga,
+        ))
+    };
+    let achieved = phases
+        .iter()
+        .map(|phase| phase.figures.ended_per_s)
+        .fold(0.0, f64::max);
+    let report = Report {
+        started_at,
+        machine: Machine {
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            os: std::env::consts::OS,
+        },
+        achieved_over_bound: bound
+            .as_ref()
+            .filter(|bound| bound.sagas_per_s > 0.0)
+            .map(|bound| achieved / bound.sagas_per_s),
+        bound,
+        idle,
+        phases,
+        options,
+    };
+    write(&report)?;
+    Ok(report)
+}
+
+fn write(report: &Report) -> anyhow::Result<()> {
+    let json = serde_json::to_vec_pretty(report)?;
+    std::fs::write(&report.options.report, json)
+        .with_context(|| format!("failed to write {}", report.options.report.display()))?;
+    // The open loop's seconds show latency at a steady rate; else the closed loop's.
+    if let Some(phase) = report
+        .phases
+        .iter()
+        .find(|phase| phase.kind == "open")
+        .or(report.phases.first())
+    {
+        let title = match phase.target_rate {
+            Some(rate) => format!("order-saga: open loop at {rate:.0} orders/s"),
+            None => format!(
+                "order-saga: closed loop, {} customers",
+                phase.customers.unwrap_or(0)
+            ),
+        };
+        plot::draw(&report.options.plot, &title, &phase.figures)
+            .with_context(|| format!("failed to draw {}", report.options.plot.display()))?;
+    }
+    Ok(())
+}
+
+fn phase_line(title: &str, figures: &PhaseFigures) -> String {
+    format!(
+        "{title}: {:.0} sagas/s ended, saga p50 {:.1} ms p99 {:.1} ms, POST p99 {:.1} ms, {} errors, {} unexpected, {} unfinished",
+        figures.ended_per_s,
+        figures.saga_latency.p50_ms,
+        figures.saga_latency.p99_ms,
+        figures.post_latency.p99_ms,
+        figures.errors.values().sum::<u64>(),
+        figures.unexpected_outcomes,
+        figures.unfinished
+    )
+}
+
+/// The report as a person reads it.
+pub fn summary(report: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "saga-bench {} on {} cores, mix {} (happy, declined, out of stock, cannot ship)",
+        report.started_at.format("%Y-%m-%d %H:%M UTC"),
+        report.machine.cores,
+        report.options.mix
+    );
+    for phase in &report.phases {
+        let f = &phase.figures;
+        let title = match (phase.target_rate, phase.customers) {
+            (Some(rate), _) => format!("open loop at {rate:.0}/s"),
+            (_, Some(customers)) => format!("closed loop, {customers} customers"),
+            _ => phase.kind.to_owned(),
+        };
+        let _ = writeln!(out, "\n{title} for {:.0} s", f.duration_s);
+        let _ = writeln!(
+            out,
+            "  sagas      {} placed, {} ended ({:.0}/s), {} unexpected outcomes, {} unfinished, errors {:?}",
+            f.placed, f.ended, f.ended_per_s, f.unexpected_outcomes, f.unfinished, f.errors
+        );
+        for (name, p) in [("saga", &f.saga_latency), ("POST", &f.post_latency)] {
+            let _ = writeln!(
+                out,
+                "  {name:<10} p50 {:>7.2} ms  p90 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  max {:>8.2} ms",
+                p.p50_ms, p.p90_ms, p.p99_ms, p.p999_ms, p.max_ms
+            );
+        }
+        if let Some(per_saga) = phase.per_saga {
+            let _ = writeln!(
+                out,
+                "  per saga   {:.1} transactions, {:.1} publishes, {:.1} deliveries",
+                per_saga.transactions, per_saga.publishes, per_saga.deliveries
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  {:<24} {:>6} {:>8} {:>7} {:>10}",
+            "process", "procs", "cpu s", "cores", "peak MiB"
+        );
+        for usage in &phase.processes {
+            let _ = writeln!(
+                out,
+                "  {:<24} {:>6} {:>8.1} {:>7.2} {:>10.1}",
+                usage.program, usage.processes, usage.cpu_s, usage.cores, usage.peak_rss_mib
+            );
+        }
+    }
+    let idle: f64 = report.idle.iter().map(|usage| usage.cores).sum();
+    let _ = writeln!(out, "\nidle: the whole system used {idle:.3} cores at rest");
+    if let Some(bound) = &report.bound {
+        let _ = writeln!(
+            out,
+            "bound: Postgres {:.0} step commits/s ({} clients), JetStream {:.0} publishes/s and {:.0} consumes/s",
+            bound.postgres_step_commits_per_s,
+            bound.postgres_clients,
+            bound.jetstream_publishes_per_s,
+            bound.jetstream_consumes_per_s
+        );
+        let _ = writeln!(
+            out,
+            "       → {:.0} sagas/s sharing the machine ({:.0} if each resource had it alone)",
+            bound.sagas_per_s, bound.sagas_per_s_each_alone
+        );
+    }
+    if let Some(ratio) = report.achieved_over_bound {
+        let _ = writeln!(out, "achieved / bound = {ratio:.2}");
+    }
+    let _ = writeln!(
+        out,
+        "report: {}  plot: {}",
+        report.options.report.display(),
+        report.options.plot.display()
+    );
+    out
+}

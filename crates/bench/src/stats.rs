@@ -1,0 +1,300 @@
+//! Recording what a phase measured: latency histograms for the whole phase and for each
+//! second of it (HdrHistogram, microseconds), counts of orders placed and ended, and errors.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::mix::Path;
+
+/// Longest latency a histogram holds; anything longer is clamped to it.
+const MAX_MICROS: u64 = 600_000_000;
+
+fn histogram() -> Histogram<u64> {
+    // 3 significant figures over 1 µs .. 10 min: a few hundred KiB per histogram at most.
+    Histogram::new_with_bounds(1, MAX_MICROS, 3).expect("constant bounds are valid")
+}
+
+fn record(histogram: &mut Histogram<u64>, latency: Duration) {
+    let micros = u64::try_from(latency.as_micros()).unwrap_or(MAX_MICROS);
+    histogram.saturating_record(micros.clamp(1, MAX_MICROS));
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    pub mean_ms: f64,
+}
+
+impl Percentiles {
+    fn of(histogram: &Histogram<u64>) -> Percentiles {
+        if histogram.is_empty() {
+            return Percentiles::default();
+        }
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        Percentiles {
+            count: histogram.len(),
+            p50_ms: ms(histogram.value_at_quantile(0.50)),
+            p90_ms: ms(histogram.value_at_quantile(0.90)),
+            p99_ms: ms(histogram.value_at_quantile(0.99)),
+            p999_ms: ms(histogram.value_at_quantile(0.999)),
+            max_ms: ms(histogram.max()),
+            mean_ms: histogram.mean() / 1000.0,
+        }
+    }
+}
+
+/// One second of a phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct Second {
+    /// Seconds since the phase started.
+    pub second: u64,
+    pub placed: u64,
+    /// Sagas that reached their terminal event in this second.
+    pub ended: u64,
+    pub saga_p50_ms: f64,
+    pub saga_p99_ms: f64,
+    pub post_p99_ms: f64,
+}
+
+#[derive(Debug)]
+struct Window {
+    placed: u64,
+    ended: u64,
+    saga: Histogram<u64>,
+    post: Histogram<u64>,
+}
+
+impl Window {
+    fn new() -> Window {
+        Window {
+            placed: 0,
+            ended: 0,
+            saga: histogram(),
+            post: histogram(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    placed: u64,
+    ended_by_path: BTreeMap<Path, u64>,
+    unexpected: u64,
+    errors: BTreeMap<String, u64>,
+    saga: Histogram<u64>,
+    post: Histogram<u64>,
+    windows: Vec<Window>,
+}
+
+/// What a phase has measured so far; shared by the tasks that place and watch orders.
+#[derive(Debug)]
+pub struct Recorder {
+    started: Instant,
+    inner: Mutex<Inner>,
+}
+
+/// A live view for the progress bar.
+#[derive(Debug, Clone, Copy)]
+pub struct Live {
+    pub placed: u64,
+    pub ended: u64,
+    pub errors: u64,
+    /// Sagas ended in the last full second.
+    pub ended_last_second: u64,
+    pub saga_p50_ms: f64,
+    pub saga_p99_ms: f64,
+}
+
+impl Recorder {
+    pub fn new(started: Instant) -> Recorder {
+        Recorder {
+            started,
+            inner: Mutex::new(Inner {
+                placed: 0,
+                ended_by_path: BTreeMap::new(),
+                unexpected: 0,
+                errors: BTreeMap::new(),
+                saga: histogram(),
+                post: histogram(),
+                windows: Vec::new(),
+            }),
+        }
+    }
+
+    fn with<T>(&self, at: Instant, f: impl FnOnce(&mut Inner, usize) -> T) -> T {
+        let second = at.saturating_duration_since(self.started).as_secs() as usize;
+        // A poisoned lock only means another task panicked mid-record; the counts stay usable.
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        while inner.windows.len() <= second {
+            inner.windows.push(Window::new());
+        }
+        f(&mut inner, second)
+    }
+
+    /// An order was accepted; `latency` from when it was due to be sent to the answer.
+    pub fn placed(&self, at: Instant, latency: Duration) {
+        self.with(at, |inner, second| {
+            inner.placed += 1;
+            record(&mut inner.post, latency);
+            inner.windows[second].placed += 1;
+            record(&mut inner.windows[second].post, latency);
+        });
+    }
+
+    /// A saga ended; `latency` from when its order was due to be sent to its terminal event.
+    pub fn ended(&self, at: Instant, path: Path, latency: Duration, as_expected: bool) {
+        self.with(at, |inner, second| {
+            *inner.ended_by_path.entry(path).or_insert(0) += 1;
+            if !as_expected {
+                inner.unexpected += 1;
+            }
+            record(&mut inner.saga, latency);
+            inner.windows[second].ended += 1;
+            record(&mut inner.windows[second].saga, latency);
+        });
+    }
+
+    /// Something went wrong; `kind` groups it in the report.
+    pub fn error(&self, kind: impl Into<String>) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        *inner.errors.entry(kind.into()).or_insert(0) += 1;
+    }
+
+    pub fn live(&self) -> Live {
+        let now = Instant::now();
+        let second = now.saturating_duration_since(self.started).as_secs() as usize;
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let last = second
+            .checked_sub(1)
+            .and_then(|index| inner.windows.get(index));
+        Live {
+            placed: inner.placed,
+            ended: inner.ended_by_path.values().sum(),
+            errors: inner.errors.values().sum::<u64>() + inner.unexpected,
+            ended_last_second: last.map_or(0, |window| window.ended),
+            saga_p50_ms: last.map_or(0.0, |w| Percentiles::of(&w.saga).p50_ms),
+            saga_p99_ms: last.map_or(0.0, |w| Percentiles::of(&w.saga).p99_ms),
+        }
+    }
+
+    /// The phase's figures; `measured` is the time orders were being placed. Throughput
+    /// counts the sagas that ended within it (those ending while the phase drains are in the
+    /// latencies, not the rate).
+    pub fn finish(&self, measured: Duration, unfinished: u64) -> PhaseFigures {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let ended: u64 = inner.ended_by_path.values().sum();
+        let whole_seconds = (measured.as_secs() as usize).max(1);
+        let ended_within: u64 = inner
+            .windows
+            .iter()
+            .take(whole_seconds)
+            .map(|window| window.ended)
+            .sum();
+        PhaseFigures {
+            duration_s: measured.as_secs_f64(),
+            placed: inner.placed,
+            ended,
+            ended_per_s: ended_within as f64 / whole_seconds as f64,
+            ended_by_path: inner
+                .ended_by_path
+                .iter()
+                .map(|(path, count)| (path.to_string(), *count))
+                .collect(),
+            unexpected_outcomes: inner.unexpected,
+            unfinished,
+            errors: inner.errors.clone(),
+            saga_latency: Percentiles::of(&inner.saga),
+            post_latency: Percentiles::of(&inner.post),
+            seconds: inner
+                .windows
+                .iter()
+                .enumerate()
+                .map(|(second, window)| Second {
+                    second: second as u64,
+                    placed: window.placed,
+                    ended: window.ended,
+                    saga_p50_ms: Percentiles::of(&window.saga).p50_ms,
+                    saga_p99_ms: Percentiles::of(&window.saga).p99_ms,
+                    post_p99_ms: Percentiles::of(&window.post).p99_ms,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What one phase measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseFigures {
+    pub duration_s: f64,
+    pub placed: u64,
+    pub ended: u64,
+    /// Sagas ended per second of the phase: the throughput.
+    pub ended_per_s: f64,
+    pub ended_by_path: BTreeMap<String, u64>,
+    /// Sagas that ended otherwise than their path should (e.g. a happy order cancelled).
+    pub unexpected_outcomes: u64,
+    /// Orders accepted whose saga had not ended when the phase gave up waiting.
+    pub unfinished: u64,
+    pub errors: BTreeMap<String, u64>,
+    /// From when the order was due to be sent (not when it was sent: no coordinated
+    /// omission) to its terminal event.
+    pub saga_latency: Percentiles,
+    /// `POST /orders`, from when it was due to be sent to the `202`.
+    pub post_latency: Percentiles,
+    pub seconds: Vec<Second>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_phase_counts_and_buckets_by_second() {
+        let start = Instant::now();
+        let recorder = Recorder::new(start);
+        recorder.placed(start, Duration::from_millis(2));
+        recorder.placed(
+            start + Duration::from_millis(1500),
+            Duration::from_millis(4),
+        );
+        recorder.ended(
+            start + Duration::from_millis(1600),
+            Path::Happy,
+            Duration::from_millis(20),
+            true,
+        );
+        recorder.ended(
+            start + Duration::from_millis(1700),
+            Path::Declined,
+            Duration::from_millis(30),
+            false,
+        );
+        recorder.error("http 500");
+        let figures = recorder.finish(Duration::from_secs(2), 0);
+        assert_eq!((figures.placed, figures.ended), (2, 2));
+        assert_eq!(figures.ended_per_s, 1.0);
+        assert_eq!(figures.unexpected_outcomes, 1);
+        assert_eq!(figures.errors["http 500"], 1);
+        assert_eq!(figures.seconds.len(), 2);
+        assert_eq!(
+            (figures.seconds[0].placed, figures.seconds[0].ended),
+            (1, 0)
+        );
+        assert_eq!(
+            (figures.seconds[1].placed, figures.seconds[1].ended),
+            (1, 2)
+        );
+        assert!((figures.saga_latency.p99_ms - 30.0).abs() < 0.1);
+    }
+}

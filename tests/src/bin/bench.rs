@@ -1,0 +1,66 @@
+//! `bench`: starts the whole system — its own nats-server, the five services with their
+//! production settings, fresh databases on the local Postgres — and runs `saga-bench`
+//! against it. `scripts/bench` builds everything in release mode and runs this.
+//!
+//! Usage: `bench [saga-bench options]`; the URLs are the started system's. Exits 0 when sagas
+//! ended, 1 when none did, 2 on an error.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use e2e::system::{Service, System, SystemOptions};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let mut options = match bench::Options::parse_from(std::env::args_os()) {
+        Ok(options) => options,
+        Err(error) => error.exit(),
+    };
+    let system = match start().await {
+        Ok(system) => system,
+        Err(error) => {
+            eprintln!("bench: failed to start the system: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    options.order_url = system.base_url(Service::Order);
+    options.inventory_url = system.base_url(Service::Inventory);
+    options.nats_url = system.nats_url();
+    let outcome = bench::run(options).await;
+    if let Err(error) = system.shutdown().await {
+        eprintln!("bench: the system did not shut down cleanly: {error:#}");
+    }
+    match outcome {
+        Ok(report) => {
+            print!("{}", bench::summary(&report));
+            if report.phases.iter().all(|phase| phase.figures.ended == 0) {
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("bench: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The system as it would be deployed: the services' own defaults rather than the test
+/// harness's short timeouts and small pools.
+async fn start() -> Result<System> {
+    let mut options = SystemOptions {
+        own_process_group: true,
+        ..SystemOptions::default()
+    };
+    for service in Service::ALL {
+        for (key, value) in [
+            ("DB_MAX_CONNECTIONS", "10"),
+            ("CONSUMER_ACK_WAIT", "30s"),
+            ("ORDER_DEADLINE", "30s"),
+        ] {
+            options = options.with_env(service, key, value);
+        }
+    }
+    eprintln!("starting nats-server and the five services");
+    System::start(options).await
+}
