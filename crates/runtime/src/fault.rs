@@ -1,6 +1,6 @@
 //! Fault injection for the crash tests: the process kills itself at a chosen point (after a
 //! consumer's commit but before its ack; after a publish ack but before the outbox row is
-//! marked), so that tests can prove a crash exactly there loses and doubles nothing.
+//! deleted), so that tests can prove a crash exactly there loses and doubles nothing.
 
 /// Kills this process with a real SIGKILL, sent from outside the process as an operator or
 /// the OOM killer would; nothing after this point runs.

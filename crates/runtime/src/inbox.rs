@@ -1,5 +1,7 @@
 //! The inbox: which events each consumer has already applied. Recorded in the transaction
-//! that applies the event, so "applied" and "recorded" can never disagree.
+//! that applies the event, so "applied" and "recorded" can never disagree. A row is kept for
+//! `INBOX_RETENTION`, as long as a copy of its event can still arrive by id, then deleted by
+//! the pruner ([`crate::pruning`]).
 
 use sqlx::PgConnection;
 use uuid::Uuid;

@@ -4,7 +4,15 @@
 //! The relay claims pending rows with `FOR UPDATE SKIP LOCKED` (so replicas share the work
 //! without publishing a row twice at once), publishes the whole batch with `Nats-Msg-Id` set
 //! to the event id (so JetStream drops the duplicate if a row is ever published again), waits
-//! for every publish ack, then marks the acked rows published in the claiming transaction.
+//! for every publish ack, then deletes the acked rows in the claiming transaction.
+//!
+//! Deleted, not marked: once the stream has acked an event, the stream is its record, and the
+//! outbox holds only what is still pending. Marking a row published (an `UPDATE`) would leave
+//! a dead tuple behind for every event and the row itself forever, a table that only grows.
+//! A crash between the ack and the commit leaves the row pending; it is published again, and
+//! JetStream drops it as a duplicate within its window (the consumers' inboxes after that).
+//! The `published_at` column stays in the schema but is no longer set: a row is pending
+//! exactly when it exists, and `published_at IS NULL` still selects the pending ones.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -166,7 +174,7 @@ impl Relay {
         }
     }
 
-    /// One round: claim, publish, await acks, mark the acked rows.
+    /// One round: claim, publish, await acks, delete the acked rows.
     async fn publish_batch(&self) -> anyhow::Result<Round> {
         let mut tx = self.pool.begin().await?;
         let rows: Vec<PendingRow> = sqlx::query_as(
@@ -243,11 +251,15 @@ impl Relay {
         if let Some(event_type) = &self.crash_after_publish_ack {
             let prefix = format!("{event_type}.");
             if rows.iter().any(|row| row.subject.starts_with(&prefix)) {
-                crate::fault::kill_this_process("after publish ack, before marking the outbox row");
+                crate::fault::kill_this_process(
+                    "after publish ack, before deleting the outbox row",
+                );
             }
         }
 
-        sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
+        // In the claiming transaction: the rows stay locked until they are gone, so no other
+        // relay can claim an acked row in between. Rows whose publish failed stay pending.
+        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
             .bind(&acked)
             .execute(&mut *tx)
             .await?;

@@ -1,6 +1,6 @@
 //! The service lifecycle: connect the database and NATS, create streams, bind the HTTP
-//! listener (`build`), then run the consumers, the outbox relay and the HTTP API until a
-//! shutdown signal, and drain them in order (`run_until_stopped`).
+//! listener (`build`), then run the consumers, the outbox relay, the pruner and the HTTP API
+//! until a shutdown signal, and drain them in order (`run_until_stopped`).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,6 +25,7 @@ use crate::jetstream::{
 };
 use crate::metrics::{Metrics, Scrape};
 use crate::outbox::{Outbox, Relay};
+use crate::pruning::Pruner;
 use crate::settings::{Identity, LogFormat, Settings};
 use crate::telemetry;
 
@@ -48,6 +49,7 @@ impl Platform {
         settings: Settings,
         migrations: &Migrator,
     ) -> anyhow::Result<Platform> {
+        settings.validate()?;
         let database_url = settings.database_url(&identity);
         tracing::info!(database = %redact(&database_url), nats = %settings.nats_url, "connecting");
         let pool = connect_and_migrate(&database_url, settings.db_max_connections, migrations)
@@ -172,6 +174,17 @@ impl<H: Handler> Service<H> {
         for worker in domain.workers {
             consumers.spawn(worker(stop_consumers.clone()));
         }
+        // Every service's own: the inbox (and any outbox row left marked by an older relay)
+        // kept to what deduplication still needs. It stops with the consumers.
+        consumers.spawn(
+            Pruner {
+                pool: platform.pool.clone(),
+                retention: settings.inbox_retention,
+                interval: settings.inbox_prune_interval,
+                metrics: platform.metrics.clone(),
+            }
+            .run(stop_consumers.clone()),
+        );
         consumers.close();
 
         let stop_relay = CancellationToken::new();

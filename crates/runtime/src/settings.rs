@@ -5,6 +5,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use clap::Parser;
+use thiserror::Error;
+
+use crate::jetstream::DUPLICATE_WINDOW;
 
 /// Who a service is: its name (used for its database, consumers and event source) and its
 /// default HTTP port.
@@ -58,6 +61,22 @@ pub struct Settings {
     #[arg(long, env = "OUTBOX_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub outbox_poll_interval: Duration,
 
+    /// How long a consumer's inbox remembers an applied event, so as to drop another copy of
+    /// it; older rows are deleted. Copies with the same id come from redeliveries of a message
+    /// whose ack was lost (up to CONSUMER_MAX_DELIVER × CONSUMER_ACK_WAIT later) and from a
+    /// relay that crashed between a publish ack and deleting the outbox row. JetStream drops
+    /// the latter only within its duplicate window (10m); past it the inbox is what catches
+    /// them, so a value below the window (or below the redeliveries) is refused. A copy older
+    /// than this is no longer recognised by id, and changes nothing because every reaction
+    /// is idempotent on the state.
+    #[arg(long, env = "INBOX_RETENTION", default_value = "1h", value_parser = parse_inbox_retention)]
+    pub inbox_retention: Duration,
+
+    /// How often each replica deletes the inbox rows older than INBOX_RETENTION (10,000 rows
+    /// per statement, so no statement holds locks for long).
+    #[arg(long, env = "INBOX_PRUNE_INTERVAL", default_value = "1m", value_parser = parse_prune_interval)]
+    pub inbox_prune_interval: Duration,
+
     /// Replicas of each stream this service creates (3 on a JetStream cluster).
     #[arg(long, env = "STREAM_REPLICAS", default_value_t = 1)]
     pub stream_replicas: usize,
@@ -76,15 +95,50 @@ pub struct Settings {
     pub fault_crash_after_commit: Option<String>,
 
     /// Fault injection for the crash tests: the process kills itself with SIGKILL once the
-    /// outbox relay has a publish ack for an event of this type, before marking its row.
+    /// outbox relay has a publish ack for an event of this type, before deleting its row.
     #[arg(long, env = "FAULT_CRASH_AFTER_PUBLISH_ACK", hide = true)]
     pub fault_crash_after_publish_ack: Option<String>,
+}
+
+/// Settings that are each valid but wrong together.
+#[derive(Debug, Error)]
+pub enum SettingsError {
+    #[error(
+        "INBOX_RETENTION ({retention}) is shorter than the redeliveries of a message, \
+         CONSUMER_MAX_DELIVER × CONSUMER_ACK_WAIT ({redeliveries}): the inbox must remember an \
+         event for as long as a copy of it can be redelivered"
+    )]
+    InboxRetentionBelowRedeliveries {
+        retention: humantime::FormattedDuration,
+        redeliveries: humantime::FormattedDuration,
+    },
 }
 
 impl Settings {
     /// Reads the settings from flags and the environment; exits with usage on bad input.
     pub fn from_env() -> Settings {
         Settings::parse()
+    }
+
+    /// Checks what parsing each setting alone cannot (a service calls it before connecting).
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let redeliveries = self.redelivery_span();
+        if self.inbox_retention < redeliveries {
+            return Err(SettingsError::InboxRetentionBelowRedeliveries {
+                retention: humantime::format_duration(self.inbox_retention),
+                redeliveries: humantime::format_duration(redeliveries),
+            });
+        }
+        Ok(())
+    }
+
+    /// How long after applying a message a consumer can still be handed it again, if the ack
+    /// is lost each time: the JetStream consumer allows `max_deliver + 1` deliveries (see
+    /// `consumer.rs`), each after `ack_wait` without an ack, so `max_deliver` × `ack_wait`
+    /// after the one that applied it.
+    fn redelivery_span(&self) -> Duration {
+        let deliveries = u32::try_from(self.consumer_max_deliver.max(0)).unwrap_or(u32::MAX);
+        self.consumer_ack_wait.saturating_mul(deliveries)
     }
 
     /// This service's database URL, defaulting to a database named after the service.
@@ -101,6 +155,29 @@ impl Settings {
             identity.default_http_port,
         )))
     }
+}
+
+/// `INBOX_RETENTION`: a duration, at least JetStream's duplicate window.
+fn parse_inbox_retention(value: &str) -> Result<Duration, String> {
+    let retention = humantime::parse_duration(value).map_err(|error| error.to_string())?;
+    if retention < DUPLICATE_WINDOW {
+        return Err(format!(
+            "{} is shorter than JetStream's duplicate window ({}): a copy of an event that \
+             JetStream no longer drops must still find its inbox row",
+            humantime::format_duration(retention),
+            humantime::format_duration(DUPLICATE_WINDOW),
+        ));
+    }
+    Ok(retention)
+}
+
+/// `INBOX_PRUNE_INTERVAL`: a duration more than zero.
+fn parse_prune_interval(value: &str) -> Result<Duration, String> {
+    let interval = humantime::parse_duration(value).map_err(|error| error.to_string())?;
+    if interval.is_zero() {
+        return Err("must be more than zero".to_owned());
+    }
+    Ok(interval)
 }
 
 #[cfg(test)]
@@ -121,6 +198,50 @@ mod tests {
         );
         assert_eq!(settings.http_addr(&IDENTITY).to_string(), "127.0.0.1:8080");
         assert_eq!(settings.consumer_ack_wait, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_inbox_is_kept_an_hour_and_pruned_every_minute_by_default() {
+        let settings = Settings::parse_from(["x"]);
+        assert_eq!(settings.inbox_retention, Duration::from_secs(60 * 60));
+        assert_eq!(settings.inbox_prune_interval, Duration::from_secs(60));
+        settings.validate().expect("the defaults are valid");
+    }
+
+    #[test]
+    fn an_inbox_retention_below_the_duplicate_window_is_refused() {
+        let error = Settings::try_parse_from(["x", "--inbox-retention", "9m 59s"])
+            .expect_err("a retention below the duplicate window was accepted");
+        let message = error.to_string();
+        assert!(
+            message.contains("shorter than JetStream's duplicate window (10m)"),
+            "{message}"
+        );
+        let settings = Settings::try_parse_from(["x", "--inbox-retention", "10m"])
+            .expect("the duplicate window itself is enough");
+        assert_eq!(settings.inbox_retention, DUPLICATE_WINDOW);
+    }
+
+    #[test]
+    fn an_inbox_retention_below_the_redeliveries_is_refused() {
+        // 8 redeliveries 10 minutes apart: a copy can arrive 80 minutes after the first.
+        let settings =
+            Settings::parse_from(["x", "--consumer-ack-wait", "10m", "--inbox-retention", "1h"]);
+        let error = settings
+            .validate()
+            .expect_err("a retention below the redeliveries was accepted");
+        assert!(
+            error.to_string().starts_with(
+                "INBOX_RETENTION (1h) is shorter than the redeliveries of a message, \
+                 CONSUMER_MAX_DELIVER × CONSUMER_ACK_WAIT (1h 20m)"
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_zero_prune_interval_is_refused() {
+        assert!(Settings::try_parse_from(["x", "--inbox-prune-interval", "0s"]).is_err());
     }
 
     #[test]

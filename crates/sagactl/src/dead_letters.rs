@@ -23,7 +23,10 @@
 //! Past that window a second copy is stored, and in any case a redriven event reaches every
 //! consumer of its subject, not only the one that gave up on it. Neither matters: the envelope
 //! is unchanged, so its event id is the one every consumer's inbox already holds if it applied
-//! the event, and a consumer drops what its inbox holds. Hence exactly once in effect.
+//! the event, and a consumer drops what its inbox holds. Inboxes forget after
+//! `INBOX_RETENTION` (an hour by default), so a letter redriven later than that reaches
+//! consumers that applied it without their knowing; it changes nothing there, every reaction
+//! being idempotent on the state. Hence exactly once in effect.
 //!
 //! The message id is not the event id on purpose: the event was first published under that
 //! id, and within the window JetStream would drop the redrive as a duplicate of it.

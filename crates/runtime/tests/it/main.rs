@@ -5,3 +5,6 @@
 
 mod nats_server;
 mod ordering;
+mod polling;
+mod pruning;
+mod relay;
