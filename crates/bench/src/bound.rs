@@ -1,5 +1,6 @@
 //! The machine's own limit for this work, measured in the same run on the same servers: how
-//! many saga-step transactions Postgres commits a second, and how many messages JetStream
+//! many saga steps Postgres applies a second (with the statements and the batching of the
+//! services' consumers), and how many messages JetStream
 //! takes and hands out a second, each driven by a minimal client with no service logic. With
 //! what one saga costs in each (counted from the system during the run), that bounds the
 //! sagas a second this machine could do.
@@ -28,7 +29,7 @@ const STATE_ROWS: i64 = 10_000;
 /// What one saga costs, counted from the system over a phase.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct PerSaga {
-    /// Database transactions that apply a step: each consumer delivery, and each order placed.
+    /// Saga steps applied in the database: each consumer delivery, and each order placed.
     pub transactions: f64,
     /// Events published to the streams.
     pub publishes: f64,
@@ -39,8 +40,10 @@ pub struct PerSaga {
 /// The machine's limits and the sagas a second they allow.
 #[derive(Debug, Clone, Serialize)]
 pub struct Bound {
-    pub postgres_step_commits_per_s: f64,
+    /// Saga steps a second, applied `postgres_batch` to a transaction.
+    pub postgres_steps_per_s: f64,
     pub postgres_clients: usize,
+    pub postgres_batch: usize,
     pub jetstream_publishes_per_s: f64,
     pub jetstream_consumes_per_s: f64,
     pub per_saga: PerSaga,
@@ -53,8 +56,8 @@ pub struct Bound {
 }
 
 impl Bound {
-    pub fn new(postgres: (f64, usize), jetstream: (f64, f64), per_saga: PerSaga) -> Bound {
-        let (commits, clients) = postgres;
+    pub fn new(postgres: (f64, usize, usize), jetstream: (f64, f64), per_saga: PerSaga) -> Bound {
+        let (commits, clients, batch) = postgres;
         let (publishes, consumes) = jetstream;
         let share = |cost: f64, rate: f64| {
             if rate > 0.0 {
@@ -72,8 +75,9 @@ impl Bound {
             + share(per_saga.publishes, publishes)
             + share(per_saga.deliveries, consumes);
         Bound {
-            postgres_step_commits_per_s: commits,
+            postgres_steps_per_s: commits,
             postgres_clients: clients,
+            postgres_batch: batch,
             jetstream_publishes_per_s: publishes,
             jetstream_consumes_per_s: consumes,
             per_saga,
@@ -83,12 +87,14 @@ impl Bound {
     }
 }
 
-/// Commits a second of the transaction a service runs per saga step — inbox insert, one
-/// row updated, one outbox insert (its notify trigger included) — from `clients` concurrent
-/// connections for `duration`, in a scratch database on `server_url`.
-pub async fn postgres_step_commits(
+/// Saga steps a second applied the way a service's consumer applies them — per step an
+/// inbox insert, one row updated and one outbox insert (its notify trigger included), in a
+/// savepoint when several share a transaction, `batch` steps per transaction — from
+/// `clients` concurrent connections for `duration`, in a scratch database on `server_url`.
+pub async fn postgres_steps(
     server_url: &str,
     clients: usize,
+    batch: usize,
     duration: Duration,
 ) -> anyhow::Result<f64> {
     let server_url = server_url.trim_end_matches('/');
@@ -115,43 +121,39 @@ pub async fn postgres_step_commits(
         )
         .execute(&pool)
         .await?;
-        sqlx::query("INSERT INTO saga_state (id, status) SELECT n, 'pending' FROM generate_series(1, $1) n")
-            .bind(STATE_ROWS)
-            .execute(&pool)
-            .await?;
-        let commits = Arc::new(AtomicU64::new(0));
+        sqlx::query(
+            "INSERT INTO saga_state (id, status) SELECT n, 'pending' FROM generate_series(1, $1) n",
+        )
+        .bind(STATE_ROWS)
+        .execute(&pool)
+        .await?;
+        let steps = Arc::new(AtomicU64::new(0));
+        let batch = batch.max(1);
         let payload = vec![b'x'; PAYLOAD_BYTES];
         let deadline = Instant::now() + duration;
         let workers: Vec<_> = (0..clients)
             .map(|worker| {
-                let (pool, commits, payload) = (pool.clone(), Arc::clone(&commits), payload.clone());
+                let (pool, steps, payload) = (pool.clone(), Arc::clone(&steps), payload.clone());
                 tokio::spawn(async move {
                     let mut row = worker as i64;
                     while Instant::now() < deadline {
-                        row = row % STATE_ROWS + 1;
-                        let event_id = Uuid::now_v7();
-                        let step = async {
+                        let transaction = async {
                             let mut tx = pool.begin().await?;
-                            sqlx::query("INSERT INTO inbox (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                                .bind("bench")
-                                .bind(event_id)
-                                .execute(&mut *tx)
-                                .await?;
-                            sqlx::query("UPDATE saga_state SET status = $2, updated_at = now() WHERE id = $1")
-                                .bind(row)
-                                .bind("reserved")
-                                .execute(&mut *tx)
-                                .await?;
-                            sqlx::query("INSERT INTO outbox (event_id, subject, payload, headers) VALUES ($1, $2, $3, '{}')")
-                                .bind(Uuid::now_v7())
-                                .bind("bench.step")
-                                .bind(&payload)
-                                .execute(&mut *tx)
-                                .await?;
+                            for _ in 0..batch {
+                                row = row % STATE_ROWS + 1;
+                                if batch == 1 {
+                                    apply_step(&mut tx, row, &payload).await?;
+                                } else {
+                                    // As a batching consumer would: each step in a savepoint.
+                                    let mut step = sqlx::Connection::begin(&mut *tx).await?;
+                                    apply_step(&mut step, row, &payload).await?;
+                                    step.commit().await?;
+                                }
+                            }
                             tx.commit().await
                         };
-                        if step.await.is_ok() {
-                            commits.fetch_add(1, Ordering::Relaxed);
+                        if transaction.await.is_ok() {
+                            steps.fetch_add(batch as u64, Ordering::Relaxed);
                         }
                     }
                 })
@@ -163,7 +165,7 @@ pub async fn postgres_step_commits(
         }
         let elapsed = started.elapsed().as_secs_f64();
         pool.close().await;
-        anyhow::Ok(commits.load(Ordering::Relaxed) as f64 / elapsed)
+        anyhow::Ok(steps.load(Ordering::Relaxed) as f64 / elapsed)
     }
     .await;
     let dropped = sqlx::raw_sql(AssertSqlSafe(drop_sql))
@@ -172,6 +174,29 @@ pub async fn postgres_step_commits(
     let rate = measured?;
     dropped?;
     Ok(rate)
+}
+
+/// One saga step's statements: inbox insert, a row updated, an outbox insert.
+async fn apply_step(tx: &mut PgConnection, row: i64, payload: &[u8]) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO inbox (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind("bench")
+        .bind(Uuid::now_v7())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE saga_state SET status = $2, updated_at = now() WHERE id = $1")
+        .bind(row)
+        .bind("reserved")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO outbox (event_id, subject, payload, headers) VALUES ($1, $2, $3, '{}')",
+    )
+    .bind(Uuid::now_v7())
+    .bind("bench.step")
+    .bind(payload)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 /// Publishes a second (each awaited for its ack, `in_flight` outstanding at once, with a
@@ -308,7 +333,7 @@ mod tests {
             publishes: 5.0,
             deliveries: 10.0,
         };
-        let bound = Bound::new((10_000.0, 32), (50_000.0, 100_000.0), per_saga);
+        let bound = Bound::new((10_000.0, 32, 1), (50_000.0, 100_000.0), per_saga);
         // Alone: 1,000 (Postgres), 10,000 and 10,000 sagas/s; shared: 1 / (1/1000 + 2/10000).
         assert_eq!(bound.sagas_per_s_each_alone, 1000.0);
         assert!((bound.sagas_per_s - 1.0 / 0.0012).abs() < 1e-6);

@@ -93,6 +93,10 @@ pub struct Options {
     /// keep busy (5 services × `DB_MAX_CONNECTIONS` of 10 is the ceiling).
     #[arg(long, default_value_t = 32)]
     pub bound_clients: usize,
+    /// Saga steps per transaction of the bound's Postgres client: 1, as the services' consumers
+    /// apply each event in a transaction of its own; more shows what batching would buy.
+    #[arg(long, default_value_t = 1)]
+    pub bound_batch: usize,
     /// Where to write the JSON report.
     #[arg(long, default_value = "bench-report.json")]
     pub report: PathBuf,
@@ -262,9 +266,10 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
             "measuring the machine's bound ({} per part)",
             humantime::format_duration(options.bound_duration)
         );
-        let commits = bound::postgres_step_commits(
+        let steps = bound::postgres_steps(
             &options.postgres_url,
             options.bound_clients,
+            options.bound_batch,
             options.bound_duration,
         )
         .await?;
@@ -277,7 +282,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
             .next()
             .unwrap_or_default();
         Some(Bound::new(
-            (commits, options.bound_clients),
+            (steps, options.bound_clients, options.bound_batch),
             (publishes, consumes),
             per_saga,
         ))
@@ -397,9 +402,10 @@ pub fn summary(report: &Report) -> String {
     if let Some(bound) = &report.bound {
         let _ = writeln!(
             out,
-            "bound: Postgres {:.0} step commits/s ({} clients), JetStream {:.0} publishes/s and {:.0} consumes/s",
-            bound.postgres_step_commits_per_s,
+            "bound: Postgres {:.0} saga steps/s ({} clients, {} steps a transaction), JetStream {:.0} publishes/s and {:.0} consumes/s",
+            bound.postgres_steps_per_s,
             bound.postgres_clients,
+            bound.postgres_batch,
             bound.jetstream_publishes_per_s,
             bound.jetstream_consumes_per_s
         );

@@ -56,7 +56,7 @@ async fn the_bench_measures_sagas_and_the_bound_in_smoke_mode() -> anyhow::Resul
     }
     let bound = report.bound.as_ref().context("a bound")?;
     ensure!(
-        bound.postgres_step_commits_per_s > 0.0
+        bound.postgres_steps_per_s > 0.0
             && bound.jetstream_publishes_per_s > 0.0
             && bound.jetstream_consumes_per_s > 0.0
             && bound.sagas_per_s > 0.0,
