@@ -145,9 +145,11 @@ pub async fn postgres_steps(
                                     apply_step(&mut tx, row, &payload).await?;
                                 } else {
                                     // As a batching consumer would: each step in a savepoint.
-                                    let mut step = sqlx::Connection::begin(&mut *tx).await?;
-                                    apply_step(&mut step, row, &payload).await?;
-                                    step.commit().await?;
+                                    sqlx::raw_sql("SAVEPOINT step").execute(&mut *tx).await?;
+                                    apply_step(&mut tx, row, &payload).await?;
+                                    sqlx::raw_sql("RELEASE SAVEPOINT step")
+                                        .execute(&mut *tx)
+                                        .await?;
                                 }
                             }
                             tx.commit().await

@@ -3,6 +3,18 @@
 //! transaction, acks only after commit, retries with backoff for transient errors, and the
 //! dead-letter stream for what can never be processed.
 //!
+//! # Batching
+//!
+//! A commit is a WAL flush, and under load flushes, not statements, are what a consumer
+//! waits for. So the loop runs up to `concurrency` transactions at once, and a message whose
+//! key is free waits for a transaction slot in a ready list; a slot that frees takes
+//! everything ready, up to `batch` messages, into one transaction, each message in its own
+//! savepoint. Idle, a message goes alone and at once; under load, one commit serves many
+//! messages. A message whose handler fails is rolled back to its savepoint alone, and once the
+//! others have committed it is processed alone, with the usual retries and dead-lettering; if
+//! the transaction as a whole fails, every message in it is. Nothing is acked before the
+//! commit that applied it. A batch never holds two messages of one key.
+//!
 //! # Ordering
 //!
 //! A message's key is the last token of its subject, `<type>.<key>`: the order id, or the SKU
@@ -34,11 +46,12 @@
 //!
 //! # Bounds
 //!
-//! The loop holds at most one pull batch of messages (processing plus waiting) and pulls
-//! nothing more while it is full; the client requests at most one and a half batches ahead
-//! of what the loop has pulled, so what is taken from the server stays bounded. A
-//! message waiting for its key is sent `AckKind::Progress` every third of `ack_wait`, so
-//! queueing alone never makes JetStream redeliver it. The price of the bound: one busy key
+//! The loop holds at most `concurrency` × `batch` messages (processing, ready and waiting
+//! for their key), one pull batch, and pulls nothing more while it is full; the client
+//! requests at most one and a half batches ahead of what the loop has pulled, so what is
+//! taken from the server stays bounded. A message waiting for its key or a slot is sent
+//! `AckKind::Progress` every third of `ack_wait`, so queueing alone never makes JetStream
+//! redeliver it. The price of the bound: one busy key
 //! can fill the whole window, and the consumer then goes at that key's pace until it drains.
 
 use std::collections::{HashMap, VecDeque};
@@ -142,13 +155,24 @@ impl HandlerError {
 
 /// A service's reactions to events. `handle` runs inside the transaction that also records
 /// the event in the inbox; the events it returns are written to the outbox in that same
-/// transaction, caused by the incoming event.
+/// transaction, caused by the incoming event. Under load the transaction is shared with
+/// other messages' handlers (each in a savepoint), so row locks a handler takes are held
+/// until the whole batch commits.
 pub trait Handler: Send + Sync + 'static {
     fn handle<'a>(
         &'a self,
         tx: &'a mut PgConnection,
         incoming: &'a Incoming,
     ) -> impl Future<Output = Result<Vec<Event>, HandlerError>> + Send + 'a;
+
+    /// What `handle` may lock besides rows of the message's own key (the order): rows that
+    /// messages of other keys lock too, such as inventory's products. A transaction takes an
+    /// advisory lock on each name, and on each message's key, sorted, before any handler runs,
+    /// so transactions that would lock such rows in different orders — two batches, each
+    /// with several orders for several products — queue instead of deadlocking.
+    fn shared_locks(&self, _incoming: &Incoming) -> &'static [&'static str] {
+        &[]
+    }
 
     /// Called once the transaction that applied `incoming` has committed, with the events it
     /// wrote to the outbox: the place to count what really happened (metrics), since `handle`
@@ -159,7 +183,10 @@ pub trait Handler: Send + Sync + 'static {
 /// Tuning shared by every consumer of a service.
 #[derive(Debug, Clone)]
 pub struct ConsumerOptions {
+    /// Transactions in flight at once.
     pub concurrency: usize,
+    /// Most messages applied in one transaction.
+    pub batch: usize,
     pub max_deliver: i64,
     pub ack_wait: Duration,
     /// See `Settings::fault_crash_after_commit`.
@@ -268,7 +295,7 @@ impl<H: Handler> Consumer<H> {
             .await?;
         let messages = consumer
             .stream()
-            .max_messages_per_batch(self.batch_size())
+            .max_messages_per_batch(self.window())
             .messages()
             .await?;
 
@@ -283,17 +310,19 @@ impl<H: Handler> Consumer<H> {
         result
     }
 
-    /// Messages asked of the server per pull request, and the most the loop holds at once.
-    fn batch_size(&self) -> usize {
-        self.options.concurrency.max(1) * 2
+    /// Messages asked of the server per pull request, and the most the loop holds at once:
+    /// enough for every transaction slot to take a full batch.
+    fn window(&self) -> usize {
+        self.options.concurrency.max(1) * self.options.batch.max(1)
     }
 
     /// Processes what `messages` yields until it ends or fails: one message at a time per
-    /// key, up to `concurrency` keys at once (see the module's documentation). Returns once
-    /// every message it took has been processed, then the stream's error if there was one.
+    /// key, in up to `concurrency` transactions at once of up to `batch` messages each (see
+    /// the module's documentation). Returns once every message it took has been processed,
+    /// then the stream's error if there was one.
     ///
-    /// Everything runs in this one task, as `for_each_concurrent` would: the deliveries borrow
-    /// the consumer, and only this loop touches the key queues, so they need no lock.
+    /// Everything runs in this one task, as `for_each_concurrent` would: the transactions
+    /// borrow the consumer, and only this loop touches the key queues, so they need no lock.
     async fn process_in_key_order<E>(
         &self,
         messages: impl Stream<Item = Result<Message, E>>,
@@ -302,31 +331,40 @@ impl<H: Handler> Consumer<H> {
         E: std::error::Error + Send + Sync + 'static,
     {
         let concurrency = self.options.concurrency.max(1);
-        let held_limit = self.batch_size();
+        let batch_limit = self.options.batch.max(1);
+        let held_limit = self.window();
         let mut messages = pin!(messages);
         let mut keys: KeyQueues<Message> = KeyQueues::default();
-        // One delivery per busy key; each hands its key back when done.
+        // Messages whose key is theirs (busy), waiting for a transaction slot.
+        let mut ready: Vec<(String, Message)> = Vec::new();
+        // One transaction per entry; each hands its messages' keys back when done.
         let mut processing = FuturesUnordered::new();
         let mut pulling = true;
         let mut failure = None;
         let mut progress = tokio::time::interval(progress_interval(self.options.ack_wait));
         progress.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            // Pull only when the next message, whatever its key, has somewhere to go: a free
-            // slot if its key is idle, room in the window if it must wait. A message for an
-            // idle key therefore always starts at once, and what waits stays bounded.
-            let room = processing.len() < concurrency && keys.held() < held_limit;
+            // A free slot takes everything ready, up to a batch: alone when the consumer is
+            // idle (no waiting), together when messages queued while every slot was busy.
+            while processing.len() < concurrency && !ready.is_empty() {
+                let batch: Vec<_> = ready.drain(..ready.len().min(batch_limit)).collect();
+                processing.push(self.process_batch(batch));
+            }
+            // Pull only while what the loop holds stays within the window.
+            let room = keys.held() < held_limit;
             tokio::select! {
-                Some(key) = processing.next(), if !processing.is_empty() => {
-                    if let Some((key, next)) = keys.finish(key) {
-                        processing.push(self.process_in_turn(key, next));
+                Some(done) = processing.next(), if !processing.is_empty() => {
+                    for key in done {
+                        if let Some(next) = keys.finish(key) {
+                            ready.push(next);
+                        }
                     }
                 }
                 pulled = messages.next(), if pulling && room => match pulled {
                     Some(Ok(message)) => {
                         let key = ordering_key(&message.subject).to_owned();
-                        if let Some((key, message)) = keys.arrive(key, message) {
-                            processing.push(self.process_in_turn(key, message));
+                        if let Some(arrived) = keys.arrive(key, message) {
+                            ready.push(arrived);
                         }
                     }
                     // The stream is broken (a deleted consumer, a lost connection): take
@@ -337,9 +375,9 @@ impl<H: Handler> Consumer<H> {
                     }
                     None => pulling = false,
                 },
-                _ = progress.tick(), if keys.waiting() > 0 => {
-                    // Waiting for its key is not a reason for JetStream to redeliver it.
-                    for message in keys.waiting_messages() {
+                _ = progress.tick(), if keys.waiting() > 0 || !ready.is_empty() => {
+                    // Waiting for its key or a slot is no reason for JetStream to redeliver it.
+                    for message in keys.waiting_messages().chain(ready.iter().map(|(_, m)| m)) {
                         ack(message, AckKind::Progress).await;
                     }
                 }
@@ -352,16 +390,115 @@ impl<H: Handler> Consumer<H> {
         }
     }
 
-    /// Processes one message and hands its key back, so the key's next message can start.
-    async fn process_in_turn(&self, key: String, message: Message) -> String {
-        self.process(message).await;
-        key
+    /// Processes a batch of messages, each of another key, and hands their keys back so
+    /// their next messages can start. One message goes alone; several share a transaction,
+    /// each in a savepoint of its own, so one that fails is rolled back alone and then
+    /// processed alone, with the usual retries and dead-lettering.
+    async fn process_batch(&self, batch: Vec<(String, Message)>) -> Vec<String> {
+        let (keys, messages): (Vec<String>, Vec<Message>) = batch.into_iter().unzip();
+        if messages.len() == 1 {
+            for message in &messages {
+                self.process(message).await;
+            }
+            return keys;
+        }
+        let started = Instant::now();
+        let mut together = Vec::with_capacity(messages.len());
+        let mut alone = Vec::new();
+        for message in &messages {
+            let span = self.process_span(message);
+            match span.in_scope(|| self.decode(message)) {
+                Ok(incoming) => together.push((message, span, incoming)),
+                // Dead-lettered on its own, with its reason.
+                Err(_) => alone.push(message),
+            }
+        }
+        match self.apply_together(&together).await {
+            Ok(outcomes) => {
+                for ((message, span, incoming), outcome) in together.iter().zip(outcomes) {
+                    let processed = match outcome {
+                        Ok(Applied::Fresh(outgoing)) => {
+                            self.handler.committed(incoming, &outgoing);
+                            self.crash_if_asked(incoming);
+                            ack(message, AckKind::Ack).await;
+                            Processed::Ok
+                        }
+                        Ok(Applied::Duplicate) => {
+                            span.in_scope(|| tracing::debug!(event_id = %incoming.envelope.id, "duplicate event ignored"));
+                            ack(message, AckKind::Ack).await;
+                            Processed::Duplicate
+                        }
+                        Err(_) => {
+                            alone.push(message);
+                            continue;
+                        }
+                    };
+                    self.metrics.event_processed(
+                        &self.name,
+                        &message.subject,
+                        processed,
+                        started.elapsed(),
+                    );
+                }
+            }
+            // The transaction as a whole failed (its connection, its commit): every message
+            // goes alone, and the inbox settles a commit whose outcome was lost.
+            Err(error) => {
+                tracing::info!(consumer = %self.name, error = %format!("{error:#}"), messages = together.len(), "batch transaction failed; processing its messages one by one");
+                alone.extend(together.iter().map(|(message, _, _)| *message));
+            }
+        }
+        for message in alone {
+            self.process(message).await;
+        }
+        keys
     }
 
-    async fn process(&self, message: Message) {
+    /// Applies decoded messages in one transaction, each in its own savepoint (its inbox
+    /// row, its handler's effect, its outgoing events), and commits once: one WAL flush for
+    /// all of them. Returns each message's outcome; a failed one was rolled back alone.
+    async fn apply_together(
+        &self,
+        together: &[(&Message, Span, Incoming)],
+    ) -> Result<Vec<Result<Applied, HandlerError>>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        // Messages of one order reach a service through several consumers, so two batches
+        // that each locked one order's rows and then wanted the other's would deadlock:
+        // every key, and every shared lock, first, in one order.
+        let mut locks: Vec<String> = Vec::new();
+        for (message, _, incoming) in together {
+            locks.push(format!("key:{}", ordering_key(&message.subject)));
+            locks.extend(self.shared_locks_of(incoming));
+        }
+        lock_in_order(&mut tx, locks).await?;
+        let mut outcomes = Vec::with_capacity(together.len());
+        for (_, span, incoming) in together {
+            let transaction_span =
+                span.in_scope(|| database::transaction_span(&self.pool, "apply event"));
+            // Savepoints by hand, not sqlx's nested transactions: when a savepoint cannot be
+            // started on a broken connection, sqlx's bookkeeping takes the failure for the
+            // outer transaction's, and the outer commit then returns Ok without sending
+            // COMMIT. Here any failure of the savepoint statements fails the whole batch.
+            sqlx::raw_sql("SAVEPOINT message").execute(&mut *tx).await?;
+            let outcome = self
+                .apply_steps(&mut tx, incoming)
+                .instrument(transaction_span)
+                .await;
+            let end = match outcome {
+                Ok(_) => "RELEASE SAVEPOINT message",
+                Err(_) => "ROLLBACK TO SAVEPOINT message; RELEASE SAVEPOINT message",
+            };
+            sqlx::raw_sql(end).execute(&mut *tx).await?;
+            outcomes.push(outcome);
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    async fn process(&self, message: &Message) {
         let started = Instant::now();
-        let span = self.process_span(&message);
-        let outcome = self.process_delivery(&message).instrument(span).await;
+        let span = self.process_span(message);
+        let outcome = self.process_delivery(message).instrument(span).await;
         self.metrics
             .event_processed(&self.name, &message.subject, outcome, started.elapsed());
     }
@@ -391,36 +528,35 @@ impl<H: Handler> Consumer<H> {
         span
     }
 
-    async fn process_delivery(&self, message: &Message) -> Processed {
+    /// The message as an [`Incoming`], described on the current (its process) span; or why
+    /// it cannot be decoded.
+    fn decode(&self, message: &Message) -> Result<Incoming, String> {
         let delivery = message.info().map(|info| info.delivered).unwrap_or(1);
-        let envelope = match Envelope::from_slice(&message.payload) {
-            Ok(envelope) => envelope,
-            Err(error) => {
-                return self
-                    .dead_letter(message, delivery, &error.to_string())
-                    .await;
-            }
-        };
-        let event = match envelope.event() {
-            Ok(event) => event,
-            Err(error) => {
-                return self
-                    .dead_letter(message, delivery, &error.to_string())
-                    .await;
-            }
-        };
+        let envelope = Envelope::from_slice(&message.payload).map_err(|e| e.to_string())?;
+        let event = envelope.event().map_err(|e| e.to_string())?;
         let span = Span::current();
         span.record("messaging.message.id", tracing::field::display(envelope.id));
         span.record("messaging.message.delivery_count", delivery);
         if let Some(order_id) = event.order_id() {
             span.record("order.id", tracing::field::display(order_id));
         }
-        let incoming = Incoming {
+        Ok(Incoming {
             subject: message.subject.to_string(),
             envelope,
             event,
             delivery,
+        })
+    }
+
+    async fn process_delivery(&self, message: &Message) -> Processed {
+        let incoming = match self.decode(message) {
+            Ok(incoming) => incoming,
+            Err(reason) => {
+                let delivery = message.info().map(|info| info.delivered).unwrap_or(1);
+                return self.dead_letter(message, delivery, &reason).await;
+            }
         };
+        let delivery = incoming.delivery;
 
         let applied = (|| self.apply(&incoming))
             .retry(
@@ -472,21 +608,43 @@ impl<H: Handler> Consumer<H> {
 
     async fn apply_in_transaction(&self, incoming: &Incoming) -> Result<Applied, HandlerError> {
         let mut tx = self.pool.begin().await?;
-        if !inbox::record(&mut tx, &self.name, incoming.envelope.id).await? {
+        let shared: Vec<String> = self.shared_locks_of(incoming).collect();
+        if !shared.is_empty() {
+            lock_in_order(&mut tx, shared).await?;
+        }
+        let applied = self.apply_steps(&mut tx, incoming).await?;
+        // Only an Ok commit lets the caller ack: a lost connection during COMMIT leaves the
+        // outcome unknown, and redelivery plus the inbox settle it.
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    /// The inbox row, then (unless the event was applied before) the handler's effect and
+    /// its outgoing events, on the caller's transaction.
+    async fn apply_steps(
+        &self,
+        tx: &mut PgConnection,
+        incoming: &Incoming,
+    ) -> Result<Applied, HandlerError> {
+        if !inbox::record(tx, &self.name, incoming.envelope.id).await? {
             return Ok(Applied::Duplicate);
         }
-        let outgoing = self.handler.handle(&mut tx, incoming).await?;
+        let outgoing = self.handler.handle(tx, incoming).await?;
         let cause = Cause {
             correlationid: incoming.envelope.correlationid.clone(),
             causationid: Some(incoming.envelope.id),
         };
         for event in &outgoing {
-            self.outbox.enqueue(&mut tx, event, Some(&cause)).await?;
+            self.outbox.enqueue(tx, event, Some(&cause)).await?;
         }
-        // Only an Ok commit lets the caller ack: a lost connection during COMMIT leaves the
-        // outcome unknown, and redelivery plus the inbox settle it.
-        tx.commit().await?;
         Ok(Applied::Fresh(outgoing))
+    }
+
+    fn shared_locks_of(&self, incoming: &Incoming) -> impl Iterator<Item = String> + use<H> {
+        self.handler
+            .shared_locks(incoming)
+            .iter()
+            .map(|name| format!("shared:{name}"))
     }
 
     /// Publishes the message to the DLQ stream with the reason, then terminates it. If the
@@ -562,6 +720,21 @@ impl<H: Handler> Consumer<H> {
             crate::fault::kill_this_process("after commit, before ack");
         }
     }
+}
+
+/// Takes a transaction-level advisory lock on each name, sorted and once each: the one order
+/// every transaction of the service takes them in.
+async fn lock_in_order(tx: &mut PgConnection, mut names: Vec<String>) -> Result<(), sqlx::Error> {
+    names.sort_unstable();
+    names.dedup();
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended(name, 0)) \
+         FROM unnest($1::text[]) WITH ORDINALITY AS names (name, position) ORDER BY position",
+    )
+    .bind(&names)
+    .execute(tx)
+    .await?;
+    Ok(())
 }
 
 async fn ack(message: &Message, kind: AckKind) {

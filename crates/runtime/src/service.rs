@@ -163,6 +163,7 @@ impl<H: Handler> Service<H> {
                 handler: handler.clone(),
                 options: ConsumerOptions {
                     concurrency: settings.consumer_concurrency,
+                    batch: usize::from(settings.consumer_batch),
                     max_deliver: settings.consumer_max_deliver,
                     ack_wait: settings.consumer_ack_wait,
                     crash_after_commit: settings.fault_crash_after_commit.clone(),

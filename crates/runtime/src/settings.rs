@@ -45,9 +45,17 @@ pub struct Settings {
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 10)]
     pub db_max_connections: u32,
 
-    /// Messages each consumer processes at once.
+    /// Transactions each consumer runs at once (each message of one key waits for the one
+    /// before it).
     #[arg(long, env = "CONSUMER_CONCURRENCY", default_value_t = 8)]
     pub consumer_concurrency: usize,
+
+    /// Most messages a consumer applies in one transaction. Messages that become ready while
+    /// every transaction slot is busy share the next transaction (each in its own savepoint),
+    /// so under load one commit — one WAL flush — serves many; an idle consumer applies each
+    /// message alone, at once. 1 turns batching off.
+    #[arg(long, env = "CONSUMER_BATCH", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub consumer_batch: u16,
 
     /// Deliveries of one message before it is moved to the DLQ stream.
     #[arg(long, env = "CONSUMER_MAX_DELIVER", default_value_t = 8)]

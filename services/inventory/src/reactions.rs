@@ -39,6 +39,13 @@ impl Handler for Reactions {
             _ => Ok(vec![]),
         }
     }
+
+    /// Every reaction may lock product rows (reserving, releasing, deducting), which orders
+    /// share: one lock name for all of them keeps transactions from taking two products in
+    /// opposite orders. A reservation already locks its products sorted, within itself.
+    fn shared_locks(&self, _incoming: &Incoming) -> &'static [&'static str] {
+        &["products"]
+    }
 }
 
 #[tracing::instrument(skip_all, fields(order_id = %order_id))]

@@ -109,6 +109,7 @@ async fn a_projection_added_later_reads_the_whole_history_then_keeps_up() -> any
         handler: Arc::new(Analytics),
         options: ConsumerOptions {
             concurrency: 4,
+            batch: 32,
             max_deliver: 5,
             ack_wait: Duration::from_secs(30),
             crash_after_commit: None,

@@ -133,6 +133,51 @@ async fn a_key_whose_message_fails_transiently_does_not_hold_up_the_other_keys()
 }
 
 #[tokio::test]
+async fn a_batch_whose_connection_dies_acks_nothing_it_did_not_commit() {
+    let setup = Setup::start().await;
+    // Every key's first message, the killer's fourth among them, then every key's second.
+    let keys = keys("sku", 8);
+    let mut published: Vec<(String, i64)> = keys.iter().map(|key| (key.clone(), 1)).collect();
+    published.insert(3, ("killer".to_owned(), 1));
+    published.extend(keys.iter().map(|key| (key.clone(), 2)));
+    published.push(("killer".to_owned(), 2));
+    setup.publish(&published).await;
+
+    let recorder = Arc::new(Recorder {
+        connection_killer: Some("killer".to_owned()),
+        ..Recorder::new(1..=3)
+    });
+    // One transaction at a time, held by the first message until the next ones are all
+    // waiting for it: they then go as one batch, in which the killer dies after messages
+    // that were applied in their savepoints and before others.
+    recorder.gate.send_replace(false);
+    let consumer = setup.run_shared(recorder.clone(), options(1, Duration::from_secs(30)));
+    eventually("the first message holds the only slot", || async {
+        recorder.entered.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    recorder.gate.send_replace(true);
+    // Were those acked on a commit that never happened, their effects would never come.
+    setup
+        .wait_for_effects(published.len(), Duration::from_secs(60))
+        .await;
+    consumer.stop().await;
+
+    assert_eq!(recorder.kills.load(Ordering::SeqCst), 1);
+    assert_in_order_per_key(&setup.effects().await);
+    let (effects, transactions): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT transaction) FROM effects")
+            .fetch_one(&setup.pool)
+            .await
+            .expect("failed to count the transactions");
+    assert!(
+        transactions < effects,
+        "{effects} effects in {transactions} transactions: nothing was batched"
+    );
+}
+
+#[tokio::test]
 async fn a_message_waiting_for_its_key_is_not_redelivered_for_waiting_longer_than_ack_wait() {
     let setup = Setup::start().await;
     // Six messages of one key, 300 ms of work each: the last waits about 1.5 s for its turn,
@@ -237,6 +282,8 @@ impl Setup {
                  delivery    BIGINT      NOT NULL,
                  started_at  TIMESTAMPTZ NOT NULL,
                  finished_at TIMESTAMPTZ NOT NULL,
+                 -- Which transaction applied it: several effects share one when batched.
+                 transaction BIGINT      NOT NULL DEFAULT txid_current(),
                  PRIMARY KEY (key, sequence)
              )",
         )
@@ -377,6 +424,8 @@ impl Running {
 fn options(concurrency: usize, ack_wait: Duration) -> ConsumerOptions {
     ConsumerOptions {
         concurrency,
+        // Several messages share a transaction whenever every slot is busy.
+        batch: 8,
         max_deliver: 50,
         ack_wait,
         crash_after_commit: None,
@@ -394,6 +443,9 @@ struct Recorder {
     gate: watch::Sender<bool>,
     /// The first message of this key fails transiently until `released`.
     failing_key: Option<String>,
+    /// This key's first message, the first time, kills its own database connection.
+    connection_killer: Option<String>,
+    kills: AtomicUsize,
     released: AtomicBool,
     failures: AtomicUsize,
     /// Deliveries that reached the handler.
@@ -406,6 +458,8 @@ impl Recorder {
             work_ms,
             gate: watch::channel(true).0,
             failing_key: None,
+            connection_killer: None,
+            kills: AtomicUsize::new(0),
             released: AtomicBool::new(false),
             failures: AtomicUsize::new(0),
             entered: AtomicUsize::new(0),
@@ -436,6 +490,17 @@ impl Recorder {
             return Err(HandlerError::Transient(anyhow::anyhow!(
                 "{key} #1 is not ready yet"
             )));
+        }
+        let kill = self.connection_killer.as_ref() == Some(key)
+            && sequence == 1
+            && self
+                .kills
+                .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok();
+        if kill {
+            sqlx::query("SELECT pg_terminate_backend(pg_backend_pid())")
+                .execute(&mut *tx)
+                .await?;
         }
         let previous: i64 =
             sqlx::query_scalar("SELECT coalesce(max(sequence), 0) FROM effects WHERE key = $1")
