@@ -93,9 +93,9 @@ pub struct Options {
     /// keep busy (5 services × `DB_MAX_CONNECTIONS` of 10 is the ceiling).
     #[arg(long, default_value_t = 32)]
     pub bound_clients: usize,
-    /// Saga steps per transaction of the bound's Postgres client: 1, as the services' consumers
-    /// apply each event in a transaction of its own; more shows what batching would buy.
-    #[arg(long, default_value_t = 1)]
+    /// Saga steps per transaction of the bound's Postgres client, each in a savepoint: the
+    /// most a service's consumer batches (`CONSUMER_BATCH`), as it does under full load.
+    #[arg(long, default_value_t = 32)]
     pub bound_batch: usize,
     /// Where to write the JSON report.
     #[arg(long, default_value = "bench-report.json")]
