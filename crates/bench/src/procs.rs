@@ -93,13 +93,7 @@ impl Sampler {
             .unwrap_or_else(|e| e.into_inner())
             .peaks
             .clear();
-        Mark {
-            at: tokio::time::Instant::now(),
-            cpu: read_all()
-                .into_iter()
-                .map(|(pid, (program, reading))| (pid, (program, reading.cpu)))
-                .collect(),
-        }
+        self.mark_without_reset()
     }
 
     /// What each program used since `since`, sorted by program.

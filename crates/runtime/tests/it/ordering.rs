@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::nats_server::NatsServer;
+use crate::polling::eventually;
 
 const CONSUMER: &str = "recorder-inventory";
 const EVENT_TYPE: &str = "inventory.product_updated";
@@ -614,17 +615,4 @@ fn most_at_once(effects: &[Effect]) -> usize {
         most = most.max(running);
     }
     usize::try_from(most).unwrap_or_default()
-}
-
-/// Polls `check` until it holds, failing the test after 30 s.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
