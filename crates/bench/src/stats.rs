@@ -84,6 +84,17 @@ impl Window {
             post: histogram(),
         }
     }
+
+    fn summary(&self, second: usize) -> Second {
+        Second {
+            second: second as u64,
+            placed: self.placed,
+            ended: self.ended,
+            saga_p50_ms: Percentiles::of(&self.saga).p50_ms,
+            saga_p99_ms: Percentiles::of(&self.saga).p99_ms,
+            post_p99_ms: Percentiles::of(&self.post).p99_ms,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -94,7 +105,22 @@ struct Inner {
     errors: BTreeMap<String, u64>,
     saga: Histogram<u64>,
     post: Histogram<u64>,
-    windows: Vec<Window>,
+    /// Every second before the current one, summarised: only the current second keeps its
+    /// histograms, so a long run does not hold one pair of histograms per second.
+    seconds: Vec<Second>,
+    current: Window,
+}
+
+impl Inner {
+    /// Moves on to `second`, summarising the seconds before it. A record that arrives late
+    /// for a second already summarised counts in the current one.
+    fn advance_to(&mut self, second: usize) {
+        while self.seconds.len() < second {
+            let finished = std::mem::replace(&mut self.current, Window::new());
+            let index = self.seconds.len();
+            self.seconds.push(finished.summary(index));
+        }
+    }
 }
 
 /// What a phase has measured so far; shared by the tasks that place and watch orders.
@@ -127,41 +153,40 @@ impl Recorder {
                 errors: BTreeMap::new(),
                 saga: histogram(),
                 post: histogram(),
-                windows: Vec::new(),
+                seconds: Vec::new(),
+                current: Window::new(),
             }),
         }
     }
 
-    fn with<T>(&self, at: Instant, f: impl FnOnce(&mut Inner, usize) -> T) -> T {
+    fn with<T>(&self, at: Instant, f: impl FnOnce(&mut Inner) -> T) -> T {
         let second = at.saturating_duration_since(self.started).as_secs() as usize;
         // A poisoned lock only means another task panicked mid-record; the counts stay usable.
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        while inner.windows.len() <= second {
-            inner.windows.push(Window::new());
-        }
-        f(&mut inner, second)
+        inner.advance_to(second);
+        f(&mut inner)
     }
 
     /// An order was accepted; `latency` from when it was due to be sent to the answer.
     pub fn placed(&self, at: Instant, latency: Duration) {
-        self.with(at, |inner, second| {
+        self.with(at, |inner| {
             inner.placed += 1;
             record(&mut inner.post, latency);
-            inner.windows[second].placed += 1;
-            record(&mut inner.windows[second].post, latency);
+            inner.current.placed += 1;
+            record(&mut inner.current.post, latency);
         });
     }
 
     /// A saga ended; `latency` from when its order was due to be sent to its terminal event.
     pub fn ended(&self, at: Instant, path: Path, latency: Duration, as_expected: bool) {
-        self.with(at, |inner, second| {
+        self.with(at, |inner| {
             *inner.ended_by_path.entry(path).or_insert(0) += 1;
             if !as_expected {
                 inner.unexpected += 1;
             }
             record(&mut inner.saga, latency);
-            inner.windows[second].ended += 1;
-            record(&mut inner.windows[second].saga, latency);
+            inner.current.ended += 1;
+            record(&mut inner.current.saga, latency);
         });
     }
 
@@ -172,19 +197,19 @@ impl Recorder {
     }
 
     pub fn live(&self) -> Live {
-        let now = Instant::now();
-        let second = now.saturating_duration_since(self.started).as_secs() as usize;
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let last = second
-            .checked_sub(1)
-            .and_then(|index| inner.windows.get(index));
+        let second = Instant::now()
+            .saturating_duration_since(self.started)
+            .as_secs() as usize;
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.advance_to(second);
+        let last = inner.seconds.last();
         Live {
             placed: inner.placed,
             ended: inner.ended_by_path.values().sum(),
             errors: inner.errors.values().sum::<u64>() + inner.unexpected,
-            ended_last_second: last.map_or(0, |window| window.ended),
-            saga_p50_ms: last.map_or(0.0, |w| Percentiles::of(&w.saga).p50_ms),
-            saga_p99_ms: last.map_or(0.0, |w| Percentiles::of(&w.saga).p99_ms),
+            ended_last_second: last.map_or(0, |second| second.ended),
+            saga_p50_ms: last.map_or(0.0, |second| second.saga_p50_ms),
+            saga_p99_ms: last.map_or(0.0, |second| second.saga_p99_ms),
         }
     }
 
@@ -195,11 +220,14 @@ impl Recorder {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let ended: u64 = inner.ended_by_path.values().sum();
         let whole_seconds = (measured.as_secs() as usize).max(1);
-        let ended_within: u64 = inner
-            .windows
+        let mut seconds = inner.seconds.clone();
+        if inner.current.placed + inner.current.ended > 0 {
+            seconds.push(inner.current.summary(seconds.len()));
+        }
+        let ended_within: u64 = seconds
             .iter()
             .take(whole_seconds)
-            .map(|window| window.ended)
+            .map(|second| second.ended)
             .sum();
         PhaseFigures {
             duration_s: measured.as_secs_f64(),
@@ -216,19 +244,7 @@ impl Recorder {
             errors: inner.errors.clone(),
             saga_latency: Percentiles::of(&inner.saga),
             post_latency: Percentiles::of(&inner.post),
-            seconds: inner
-                .windows
-                .iter()
-                .enumerate()
-                .map(|(second, window)| Second {
-                    second: second as u64,
-                    placed: window.placed,
-                    ended: window.ended,
-                    saga_p50_ms: Percentiles::of(&window.saga).p50_ms,
-                    saga_p99_ms: Percentiles::of(&window.saga).p99_ms,
-                    post_p99_ms: Percentiles::of(&window.post).p99_ms,
-                })
-                .collect(),
+            seconds,
         }
     }
 }
