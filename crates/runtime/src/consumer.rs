@@ -396,10 +396,8 @@ impl<H: Handler> Consumer<H> {
     /// processed alone, with the usual retries and dead-lettering.
     async fn process_batch(&self, batch: Vec<(String, Message)>) -> Vec<String> {
         let (keys, messages): (Vec<String>, Vec<Message>) = batch.into_iter().unzip();
-        if messages.len() == 1 {
-            for message in &messages {
-                self.process(message).await;
-            }
+        if let [message] = messages.as_slice() {
+            self.process(message).await;
             return keys;
         }
         let started = Instant::now();
@@ -416,29 +414,21 @@ impl<H: Handler> Consumer<H> {
         match self.apply_together(&together).await {
             Ok(outcomes) => {
                 for ((message, span, incoming), outcome) in together.iter().zip(outcomes) {
-                    let processed = match outcome {
-                        Ok(Applied::Fresh(outgoing)) => {
-                            self.handler.committed(incoming, &outgoing);
-                            self.crash_if_asked(incoming);
-                            ack(message, AckKind::Ack).await;
-                            Processed::Ok
+                    match outcome {
+                        Ok(applied) => {
+                            let processed = self
+                                .settle(message, incoming, applied)
+                                .instrument(span.clone())
+                                .await;
+                            self.metrics.event_processed(
+                                &self.name,
+                                &message.subject,
+                                processed,
+                                started.elapsed(),
+                            );
                         }
-                        Ok(Applied::Duplicate) => {
-                            span.in_scope(|| tracing::debug!(event_id = %incoming.envelope.id, "duplicate event ignored"));
-                            ack(message, AckKind::Ack).await;
-                            Processed::Duplicate
-                        }
-                        Err(_) => {
-                            alone.push(message);
-                            continue;
-                        }
-                    };
-                    self.metrics.event_processed(
-                        &self.name,
-                        &message.subject,
-                        processed,
-                        started.elapsed(),
-                    );
+                        Err(_) => alone.push(message),
+                    }
                 }
             }
             // The transaction as a whole failed (its connection, its commit): every message
@@ -531,7 +521,7 @@ impl<H: Handler> Consumer<H> {
     /// The message as an [`Incoming`], described on the current (its process) span; or why
     /// it cannot be decoded.
     fn decode(&self, message: &Message) -> Result<Incoming, String> {
-        let delivery = message.info().map(|info| info.delivered).unwrap_or(1);
+        let delivery = delivery_of(message);
         let envelope = Envelope::from_slice(&message.payload).map_err(|e| e.to_string())?;
         let event = envelope.event().map_err(|e| e.to_string())?;
         let span = Span::current();
@@ -552,8 +542,9 @@ impl<H: Handler> Consumer<H> {
         let incoming = match self.decode(message) {
             Ok(incoming) => incoming,
             Err(reason) => {
-                let delivery = message.info().map(|info| info.delivered).unwrap_or(1);
-                return self.dead_letter(message, delivery, &reason).await;
+                return self
+                    .dead_letter(message, delivery_of(message), &reason)
+                    .await;
             }
         };
         let delivery = incoming.delivery;
@@ -572,17 +563,7 @@ impl<H: Handler> Consumer<H> {
             .await;
 
         match applied {
-            Ok(Applied::Fresh(outgoing)) => {
-                self.handler.committed(&incoming, &outgoing);
-                self.crash_if_asked(&incoming);
-                ack(message, AckKind::Ack).await;
-                Processed::Ok
-            }
-            Ok(Applied::Duplicate) => {
-                tracing::debug!(event_id = %incoming.envelope.id, "duplicate event ignored");
-                ack(message, AckKind::Ack).await;
-                Processed::Duplicate
-            }
+            Ok(applied) => self.settle(message, &incoming, applied).await,
             Err(HandlerError::Permanent(reason)) => {
                 self.dead_letter(message, delivery, &reason).await
             }
@@ -595,6 +576,23 @@ impl<H: Handler> Consumer<H> {
                 tracing::warn!(event_id = %incoming.envelope.id, delivery, ?delay, error = %format!("{error:#}"), "event not applied; will retry");
                 ack(message, AckKind::Nak(Some(delay))).await;
                 Processed::Retried
+            }
+        }
+    }
+
+    /// Acks a message once what it asked for is committed (now, or by an earlier delivery).
+    async fn settle(&self, message: &Message, incoming: &Incoming, applied: Applied) -> Processed {
+        match applied {
+            Applied::Fresh(outgoing) => {
+                self.handler.committed(incoming, &outgoing);
+                self.crash_if_asked(incoming);
+                ack(message, AckKind::Ack).await;
+                Processed::Ok
+            }
+            Applied::Duplicate => {
+                tracing::debug!(event_id = %incoming.envelope.id, "duplicate event ignored");
+                ack(message, AckKind::Ack).await;
+                Processed::Duplicate
             }
         }
     }
@@ -735,6 +733,11 @@ async fn lock_in_order(tx: &mut PgConnection, mut names: Vec<String>) -> Result<
     .execute(tx)
     .await?;
     Ok(())
+}
+
+/// Which delivery of its message this is: 1 on the first.
+fn delivery_of(message: &Message) -> i64 {
+    message.info().map(|info| info.delivered).unwrap_or(1)
 }
 
 async fn ack(message: &Message, kind: AckKind) {
