@@ -55,6 +55,21 @@ impl NatsServer {
     }
 
     /// The client URL, `nats://127.0.0.1:<port>`.
+    /// A JetStream context on this server with `streams` created.
+    pub async fn jetstream(
+        &self,
+        streams: Vec<async_nats::jetstream::stream::Config>,
+    ) -> async_nats::jetstream::Context {
+        let client = async_nats::connect(self.url())
+            .await
+            .expect("failed to connect to nats-server");
+        let jetstream = async_nats::jetstream::new(client);
+        runtime::jetstream::ensure_streams(&jetstream, streams)
+            .await
+            .expect("failed to create the streams");
+        jetstream
+    }
+
     pub fn url(&self) -> &str {
         &self.url
     }

@@ -253,19 +253,12 @@ struct Setup {
 impl Setup {
     async fn start() -> Setup {
         let nats = NatsServer::start().await;
-        let client = async_nats::connect(nats.url())
-            .await
-            .expect("failed to connect to nats-server");
-        let jetstream = async_nats::jetstream::new(client);
-        runtime::jetstream::ensure_streams(
-            &jetstream,
-            vec![
+        let jetstream = nats
+            .jetstream(vec![
                 runtime::jetstream::context_stream(Context::Inventory, 1),
                 runtime::jetstream::dead_letter_stream(1),
-            ],
-        )
-        .await
-        .expect("failed to create the streams");
+            ])
+            .await;
 
         let database =
             ScratchDatabase::create("runtime", &Migrator::with_migrations(Vec::new())).await;

@@ -23,17 +23,13 @@ const PUBLISHABLE: usize = 300;
 #[tokio::test]
 async fn published_rows_leave_the_outbox_and_only_what_is_pending_stays() {
     let nats = NatsServer::start().await;
-    let client = async_nats::connect(nats.url())
-        .await
-        .expect("failed to connect to nats-server");
-    let jetstream = async_nats::jetstream::new(client);
     // INVENTORY only: an order event has no stream to ack it, so its publish fails.
-    runtime::jetstream::ensure_streams(
-        &jetstream,
-        vec![runtime::jetstream::context_stream(Context::Inventory, 1)],
-    )
-    .await
-    .expect("failed to create the stream");
+    let jetstream = nats
+        .jetstream(vec![runtime::jetstream::context_stream(
+            Context::Inventory,
+            1,
+        )])
+        .await;
     let database = ScratchDatabase::create("relay", &Migrator::with_migrations(Vec::new())).await;
 
     let outbox = Outbox::new("relay-test");
