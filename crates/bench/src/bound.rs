@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, AckKind, consumer, stream};
+use events::Event;
+use events::order::{OrderLineV2, OrderPlacedV2, Shipping};
 use futures::StreamExt;
+use runtime::outbox::Outbox;
 use serde::Serialize;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
@@ -21,7 +24,7 @@ use uuid::Uuid;
 /// The messaging tables, exactly as every service has them.
 static MESSAGING: sqlx::migrate::Migrator = sqlx::migrate!("../runtime/migrations");
 
-/// A payload the size of a typical envelope (`order.placed` is the largest, ~700 bytes).
+/// The size of a typical published envelope (`order.placed` is the largest, ~700 bytes).
 const PAYLOAD_BYTES: usize = 700;
 /// Rows of saga state the transactions update, spread so they do not queue on one row.
 const STATE_ROWS: i64 = 10_000;
@@ -129,11 +132,17 @@ pub async fn postgres_steps(
         .await?;
         let steps = Arc::new(AtomicU64::new(0));
         let batch = batch.max(1);
-        let payload = vec![b'x'; PAYLOAD_BYTES];
+        let outbox = Outbox::new("bench");
+        let event = typical_event();
         let deadline = Instant::now() + duration;
         let workers: Vec<_> = (0..clients)
             .map(|worker| {
-                let (pool, steps, payload) = (pool.clone(), Arc::clone(&steps), payload.clone());
+                let (pool, steps, outbox, event) = (
+                    pool.clone(),
+                    Arc::clone(&steps),
+                    outbox.clone(),
+                    event.clone(),
+                );
                 tokio::spawn(async move {
                     let mut row = worker as i64;
                     while Instant::now() < deadline {
@@ -142,11 +151,11 @@ pub async fn postgres_steps(
                             for _ in 0..batch {
                                 row = row % STATE_ROWS + 1;
                                 if batch == 1 {
-                                    apply_step(&mut tx, row, &payload).await?;
+                                    apply_step(&mut tx, row, &outbox, &event).await?;
                                 } else {
                                     // As a batching consumer would: each step in a savepoint.
                                     sqlx::raw_sql("SAVEPOINT step").execute(&mut *tx).await?;
-                                    apply_step(&mut tx, row, &payload).await?;
+                                    apply_step(&mut tx, row, &outbox, &event).await?;
                                     sqlx::raw_sql("RELEASE SAVEPOINT step")
                                         .execute(&mut *tx)
                                         .await?;
@@ -178,27 +187,46 @@ pub async fn postgres_steps(
     Ok(rate)
 }
 
-/// One saga step's statements: inbox insert, a row updated, an outbox insert.
-async fn apply_step(tx: &mut PgConnection, row: i64, payload: &[u8]) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO inbox (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-        .bind("bench")
-        .bind(Uuid::now_v7())
-        .execute(&mut *tx)
-        .await?;
+/// One saga step, through the same functions a service's consumer calls: its inbox row
+/// (`runtime::inbox::record`), a row of saga state updated, an event into the outbox
+/// (`Outbox::enqueue`, which wraps and serialises the envelope).
+async fn apply_step(
+    tx: &mut PgConnection,
+    row: i64,
+    outbox: &Outbox,
+    event: &Event,
+) -> Result<(), sqlx::Error> {
+    runtime::inbox::record(tx, "bench", Uuid::now_v7()).await?;
     sqlx::query("UPDATE saga_state SET status = $2, updated_at = now() WHERE id = $1")
         .bind(row)
         .bind("reserved")
         .execute(&mut *tx)
         .await?;
-    sqlx::query(
-        "INSERT INTO outbox (event_id, subject, payload, headers) VALUES ($1, $2, $3, '{}')",
-    )
-    .bind(Uuid::now_v7())
-    .bind("bench.step")
-    .bind(payload)
-    .execute(&mut *tx)
-    .await?;
+    outbox.enqueue(tx, event, None).await?;
     Ok(())
+}
+
+/// An `order.placed` of two lines: the largest event a saga writes.
+fn typical_event() -> Event {
+    let line = |sku: &str| OrderLineV2 {
+        sku: sku.to_owned(),
+        quantity: 1,
+        unit_price_cents: 1250,
+        discount_cents: 0,
+    };
+    Event::OrderPlacedV2(OrderPlacedV2 {
+        order_id: Uuid::now_v7(),
+        customer_id: "bench-1".to_owned(),
+        email: "bench-1@example.com".to_owned(),
+        currency: "EUR".to_owned(),
+        items: vec![line("BENCH-A"), line("BENCH-B")],
+        total_cents: 2500,
+        payment_method: "tok_ok".to_owned(),
+        shipping: Shipping {
+            country: "NL".to_owned(),
+            address: "Damrak 1, Amsterdam".to_owned(),
+        },
+    })
 }
 
 /// Publishes a second (each awaited for its ack, `in_flight` outstanding at once, with a

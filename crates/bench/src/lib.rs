@@ -165,8 +165,8 @@ pub struct Phase {
     pub customers: Option<usize>,
     pub figures: PhaseFigures,
     pub processes: Vec<Usage>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub per_saga: Option<PerSaga>,
+    /// What one saga cost in the streams and the database during the phase.
+    pub per_saga: PerSaga,
 }
 
 /// Everything a run measured.
@@ -216,21 +216,16 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     let mut phases = Vec::new();
 
     if matches!(options.mode, Mode::Auto | Mode::Closed) {
-        let before = StreamTotals::read(&jetstream).await?;
-        let mark = sampler.mark();
-        let figures = driver
-            .closed_loop(options.customers, options.duration)
-            .await;
-        let processes = sampler.usage_since(&mark);
-        let after = StreamTotals::read(&jetstream).await?;
-        eprintln!("{}", phase_line("closed loop", &figures));
+        let load = driver.closed_loop(options.customers, options.duration);
+        let (figures, processes, per_saga) =
+            measure(&jetstream, &sampler, "closed loop", load).await?;
         phases.push(Phase {
             kind: "closed",
             target_rate: None,
             customers: Some(options.customers),
-            per_saga: Some(before.per_saga(&after, figures.placed, figures.ended)),
             figures,
             processes,
+            per_saga,
         });
     }
     if matches!(options.mode, Mode::Auto | Mode::Open) {
@@ -240,22 +235,16 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
             (Some(rate), None) => rate,
             (None, None) => anyhow::bail!("--mode open needs --rate"),
         };
-        let before = StreamTotals::read(&jetstream).await?;
-        let mark = sampler.mark();
-        let figures = driver.open_loop(rate, options.duration).await;
-        let processes = sampler.usage_since(&mark);
-        let after = StreamTotals::read(&jetstream).await?;
-        eprintln!(
-            "{}",
-            phase_line(&format!("open loop at {rate:.0}/s"), &figures)
-        );
+        let title = format!("open loop at {rate:.0}/s");
+        let load = driver.open_loop(rate, options.duration);
+        let (figures, processes, per_saga) = measure(&jetstream, &sampler, &title, load).await?;
         phases.push(Phase {
             kind: "open",
             target_rate: Some(rate),
             customers: None,
-            per_saga: Some(before.per_saga(&after, figures.placed, figures.ended)),
             figures,
             processes,
+            per_saga,
         });
     }
 
@@ -277,9 +266,8 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         let (publishes, consumes) =
             bound::jetstream_rates(&jetstream, stream_config, 256, options.bound_duration).await?;
         let per_saga = phases
-            .iter()
-            .filter_map(|phase| phase.per_saga)
-            .next()
+            .first()
+            .map(|phase| phase.per_saga)
             .unwrap_or_default();
         Some(Bound::new(
             (steps, options.bound_clients, options.bound_batch),
@@ -334,6 +322,24 @@ fn write(report: &Report) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs one loading phase and measures around it what each process used and what a saga
+/// cost in the streams; prints the phase's line.
+async fn measure(
+    jetstream: &async_nats::jetstream::Context,
+    sampler: &Sampler,
+    title: &str,
+    load: impl std::future::Future<Output = PhaseFigures>,
+) -> anyhow::Result<(PhaseFigures, Vec<Usage>, PerSaga)> {
+    let before = StreamTotals::read(jetstream).await?;
+    let mark = sampler.mark();
+    let figures = load.await;
+    let processes = sampler.usage_since(&mark);
+    let after = StreamTotals::read(jetstream).await?;
+    eprintln!("{}", phase_line(title, &figures));
+    let per_saga = before.per_saga(&after, figures.placed, figures.ended);
+    Ok((figures, processes, per_saga))
+}
+
 fn phase_line(title: &str, figures: &PhaseFigures) -> String {
     format!(
         "{title}: {:.0} sagas/s ended, saga p50 {:.1} ms p99 {:.1} ms, POST p99 {:.1} ms, {} errors, {} unexpected, {} unfinished",
@@ -377,13 +383,12 @@ pub fn summary(report: &Report) -> String {
                 p.p50_ms, p.p90_ms, p.p99_ms, p.p999_ms, p.max_ms
             );
         }
-        if let Some(per_saga) = phase.per_saga {
-            let _ = writeln!(
-                out,
-                "  per saga   {:.1} transactions, {:.1} publishes, {:.1} deliveries",
-                per_saga.transactions, per_saga.publishes, per_saga.deliveries
-            );
-        }
+        let per_saga = phase.per_saga;
+        let _ = writeln!(
+            out,
+            "  per saga   {:.1} transactions, {:.1} publishes, {:.1} deliveries",
+            per_saga.transactions, per_saga.publishes, per_saga.deliveries
+        );
         let _ = writeln!(
             out,
             "  {:<24} {:>6} {:>8} {:>7} {:>10}",

@@ -24,7 +24,7 @@ pub const PROGRAMS: [&str; 8] = [
 /// What the generator itself is called in the tables.
 pub const GENERATOR: &str = "generator (this bench)";
 
-/// One process as last read: its program and cumulative CPU time.
+/// One process as last read: its cumulative CPU time and its resident memory.
 #[derive(Debug, Clone, Copy)]
 struct Reading {
     cpu: Duration,
