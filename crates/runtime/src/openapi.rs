@@ -183,6 +183,14 @@ pub struct SkuPath {
     pub sku: String,
 }
 
+/// A string that is one of `values`: a status, a kind, as the API spells them.
+pub fn string_enum(values: impl IntoIterator<Item = &'static str>) -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(values))
+        .build()
+}
+
 /// A SKU or other key that is one NATS subject token (`events::streams::is_subject_token`).
 pub fn subject_token() -> Object {
     ObjectBuilder::new()

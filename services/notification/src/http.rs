@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use runtime::http::{ApiError, ErrorBody};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
+use utoipa::openapi::schema::Object;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -39,10 +39,7 @@ pub fn api() -> OpenApiRouter<PgPool> {
 }
 
 fn kind_schema() -> Object {
-    ObjectBuilder::new()
-        .schema_type(Type::String)
-        .enum_values(Some(NotificationKind::ALL.map(NotificationKind::as_str)))
-        .build()
+    runtime::openapi::string_enum(NotificationKind::ALL.map(NotificationKind::as_str))
 }
 
 /// A notification as clients see it.

@@ -72,10 +72,7 @@ impl Status {
 
     /// Every status as the API spells it, as a JSON Schema.
     pub fn schema() -> Object {
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .enum_values(Some(Status::ALL.map(Status::as_str)))
-            .build()
+        runtime::openapi::string_enum(Status::ALL.map(Status::as_str))
     }
 
     pub fn is_terminal(self) -> bool {

@@ -7,7 +7,7 @@ use runtime::http::{ApiError, ErrorBody};
 use runtime::openapi::OrderIdPath;
 use serde::Serialize;
 use sqlx::PgPool;
-use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
+use utoipa::openapi::schema::Object;
 use utoipa::{OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -43,10 +43,7 @@ pub fn api() -> OpenApiRouter<PgPool> {
 const STATUSES: [&str; 5] = ["pending", "authorized", "declined", "refunded", "cancelled"];
 
 fn status_schema() -> Object {
-    ObjectBuilder::new()
-        .schema_type(Type::String)
-        .enum_values(Some(STATUSES))
-        .build()
+    runtime::openapi::string_enum(STATUSES)
 }
 
 /// A payment as clients see it.
