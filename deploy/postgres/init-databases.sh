@@ -1,18 +1,33 @@
-#!/bin/sh
-# Run once by the postgres image on an empty data directory (docker-entrypoint-initdb.d):
-# the role the services use and the five databases it owns. The services would create a
-# missing database themselves, but that needs CREATEDB; creating them here lets the role do
-# no more than own its databases.
-set -eu
+#!/usr/bin/env bash
+# Creates each service's database and its two roles with provision.sql (which says what each
+# role may do): <service>_owner owns the database and runs the migrations
+# (DATABASE_MIGRATION_URL); <service>_app is what the service runs as (DATABASE_URL) and may
+# only read and write rows of its own database.
+#
+# Run by the compose Postgres on an empty data directory (docker-entrypoint-initdb.d) and by
+# the Kubernetes provisioning Job (kustomization.yaml here); safe to run again, e.g. to change
+# passwords. It connects as the PG* environment variables say (in the image's init phase: the
+# superuser over the local socket), and takes the ten passwords from the environment:
+# <SERVICE>_DB_OWNER_PASSWORD and <SERVICE>_DB_APP_PASSWORD, e.g. ORDER_DB_APP_PASSWORD.
+set -euo pipefail
 
-psql --username "$POSTGRES_USER" --dbname postgres \
-    --set ON_ERROR_STOP=1 \
-    --set app_password="$ORDER_SAGA_DB_PASSWORD" <<'SQL'
-CREATE ROLE order_saga LOGIN PASSWORD :'app_password';
--- "order" is a reserved word, hence the quotes.
-CREATE DATABASE "order" OWNER order_saga;
-CREATE DATABASE inventory OWNER order_saga;
-CREATE DATABASE payment OWNER order_saga;
-CREATE DATABASE fulfillment OWNER order_saga;
-CREATE DATABASE notification OWNER order_saga;
-SQL
+provision_sql="${PROVISION_SQL:-/order-saga/provision.sql}"
+export PGUSER="${PGUSER:-${POSTGRES_USER:-postgres}}"
+
+for service in order inventory payment fulfillment notification; do
+    owner_password="${service^^}_DB_OWNER_PASSWORD"
+    app_password="${service^^}_DB_APP_PASSWORD"
+    if [[ -z "${!owner_password:-}" || -z "${!app_password:-}" ]]; then
+        echo "init-databases.sh: $owner_password and $app_password must be set" >&2
+        exit 1
+    fi
+    psql --no-psqlrc --quiet --dbname postgres \
+        --set ON_ERROR_STOP=1 \
+        --set database="$service" \
+        --set owner_role="${service}_owner" \
+        --set owner_password="${!owner_password}" \
+        --set app_role="${service}_app" \
+        --set app_password="${!app_password}" \
+        --file "$provision_sql"
+    echo "init-databases.sh: database $service with roles ${service}_owner and ${service}_app"
+done

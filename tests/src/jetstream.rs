@@ -14,6 +14,7 @@ use events::streams::{Context as EventContext, DLQ_STREAM};
 use futures::{StreamExt, TryStreamExt};
 use uuid::Uuid;
 
+use crate::nats_server::ADMIN_USER;
 use crate::polling::{Check, wait_for};
 use crate::system::System;
 
@@ -72,14 +73,17 @@ pub struct Injection {
 }
 
 impl System {
-    /// A client of this system's NATS, connected once and shared. On a cluster it knows every
-    /// server, so it carries on when one of them is killed.
+    /// A client of this system's NATS as `admin`, connected once and shared: the suite
+    /// injects and reads whatever it needs. On a cluster it knows every server, so it carries
+    /// on when one of them is killed.
     pub async fn nats_client(&self) -> Result<async_nats::Client> {
         let urls = self.nats_urls();
         let client = self
             .nats_client
             .get_or_try_init(|| async {
-                async_nats::connect(urls.as_slice())
+                self.nats_users()
+                    .connect_options(ADMIN_USER)
+                    .connect(urls.as_slice())
                     .await
                     .with_context(|| format!("failed to connect to {}", urls.join(",")))
             })

@@ -19,3 +19,4 @@ pub mod polling;
 pub mod ports;
 pub mod postgres_server;
 pub mod system;
+pub mod tokens;

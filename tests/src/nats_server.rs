@@ -1,6 +1,8 @@
 //! Private `nats-server` processes with JetStream, on free ports and temporary stores, killed
 //! and their files removed when dropped: one server ([`NatsServer`]) or a JetStream cluster of
 //! several, routed to each other ([`NatsCluster`]), whose servers can be killed and restarted.
+//! Either runs open, or with the users and permissions of `deploy/nats/users.conf` and
+//! passwords made up for the run ([`NatsUsers`]), as every [`crate::system::System`] does.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -8,7 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use events::participants::Participant;
 use futures::TryStreamExt;
+use runtime::jetstream::{NatsAuth, inbox_prefix};
 use tempfile::TempDir;
 use tokio::time::Instant;
 
@@ -26,25 +30,139 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// created).
 const CLUSTER_START_TIMEOUT: Duration = Duration::from_secs(45);
 
+/// The users and permissions the system is deployed with, included as they are.
+const USERS_CONF: &str = include_str!("../../deploy/nats/users.conf");
+
+/// The configuration file a server with users is started with, in its directory.
+const CONFIG_FILE: &str = "nats-server.conf";
+
+/// The user of operators and tools, allowed everything.
+pub const ADMIN_USER: &str = "admin";
+
+/// The users of `deploy/nats/users.conf` (`admin` and one per service), each with a password
+/// made up for one run. A server started with them refuses clients without a user, and
+/// allows each user what the deployed configuration allows it.
+#[derive(Debug, Clone)]
+pub struct NatsUsers {
+    /// `(user, password)`.
+    passwords: Vec<(String, String)>,
+}
+
+impl NatsUsers {
+    /// `admin` and every service, with fresh random passwords.
+    pub fn generate() -> NatsUsers {
+        let users = std::iter::once(ADMIN_USER).chain(Participant::ALL.map(Participant::name));
+        NatsUsers {
+            passwords: users
+                .map(|user| (user.to_owned(), uuid::Uuid::new_v4().simple().to_string()))
+                .collect(),
+        }
+    }
+
+    /// The password of `user`.
+    ///
+    /// # Panics
+    ///
+    /// If `user` is none of the configured users.
+    pub fn password(&self, user: &str) -> &str {
+        self.passwords
+            .iter()
+            .find(|(name, _)| name == user)
+            .map(|(_, password)| password.as_str())
+            .unwrap_or_else(|| panic!("no NATS user {user} in deploy/nats/users.conf"))
+    }
+
+    /// How `user` authenticates, as the services and sagactl take it.
+    pub fn auth(&self, user: &str) -> NatsAuth {
+        NatsAuth::user(user, self.password(user))
+    }
+
+    /// The environment a service or sagactl needs to connect as `user`.
+    pub fn client_environment(&self, user: &str) -> Vec<(String, String)> {
+        vec![
+            ("NATS_USER".to_owned(), user.to_owned()),
+            ("NATS_PASSWORD".to_owned(), self.password(user).to_owned()),
+        ]
+    }
+
+    /// Connect options of `user`: a service's user with the service's own inbox prefix, as
+    /// the service connects (any other inbox is not its to subscribe to).
+    pub fn connect_options(&self, user: &str) -> async_nats::ConnectOptions {
+        let options = async_nats::ConnectOptions::new()
+            .user_and_password(user.to_owned(), self.password(user).to_owned());
+        if user == ADMIN_USER {
+            options
+        } else {
+            options.custom_inbox_prefix(inbox_prefix(user))
+        }
+    }
+
+    /// The server's environment: `NATS_<USER>_PASSWORD`, which the configuration reads.
+    fn server_environment(&self) -> impl Iterator<Item = (String, &str)> {
+        self.passwords.iter().map(|(user, password)| {
+            (
+                format!("NATS_{}_PASSWORD", user.to_uppercase()),
+                password.as_str(),
+            )
+        })
+    }
+
+    /// Writes the server configuration into `directory`: `deploy/nats/users.conf` beside
+    /// [`CONFIG_FILE`], which includes it (nats-server includes relative to the including
+    /// file only).
+    fn write_config(directory: &Path) -> Result<()> {
+        std::fs::write(directory.join("users.conf"), USERS_CONF)
+            .context("failed to write the NATS users")?;
+        std::fs::write(
+            directory.join(CONFIG_FILE),
+            "# The e2e harness's server: the deployed users and permissions, nothing else \
+             (ports, store and cluster are flags).\ninclude ./users.conf\n",
+        )
+        .context("failed to write the nats-server configuration")?;
+        Ok(())
+    }
+}
+
+/// Connect options for the harness's own clients: as `admin` when the server has users.
+fn harness_options(users: Option<&NatsUsers>) -> async_nats::ConnectOptions {
+    match users {
+        Some(users) => users.connect_options(ADMIN_USER),
+        None => async_nats::ConnectOptions::new(),
+    }
+}
+
 /// A running `nats-server -js` owned by the current test.
 #[derive(Debug)]
 pub struct NatsServer {
     process: Option<Child>,
     port: u16,
     directory: TempDir,
+    /// Its users, when it is not open to everyone.
+    users: Option<NatsUsers>,
 }
 
 impl NatsServer {
     /// Starts a server on a free port of 127.0.0.1 with its JetStream store in a new
-    /// temporary directory, and returns once it answers a JetStream request.
+    /// temporary directory, open to any client, and returns once it answers a JetStream
+    /// request.
     pub async fn start() -> Result<NatsServer> {
+        Self::start_with(None).await
+    }
+
+    /// Starts a server like [`NatsServer::start`] that admits only `users`, each with the
+    /// permissions of `deploy/nats/users.conf`.
+    pub async fn start_with_users(users: NatsUsers) -> Result<NatsServer> {
+        Self::start_with(Some(users)).await
+    }
+
+    async fn start_with(users: Option<NatsUsers>) -> Result<NatsServer> {
         let binary = nats_server_binary()?;
         // Another process may take the port between our probe and the server's bind; that is
         // the one failure worth another try.
         let mut attempts_left = 3;
         loop {
             attempts_left -= 1;
-            match Self::start_once(&binary).await {
+            match Self::start_once(&binary, users.clone()).await {
                 Ok(server) => return Ok(server),
                 Err(StartError::PortTaken(message)) if attempts_left > 0 => {
                     eprintln!("nats-server could not bind its port, trying another: {message}");
@@ -55,16 +173,20 @@ impl NatsServer {
         }
     }
 
-    async fn start_once(binary: &Path) -> Result<NatsServer, StartError> {
+    async fn start_once(binary: &Path, users: Option<NatsUsers>) -> Result<NatsServer, StartError> {
         let directory = tempfile::Builder::new()
             .prefix("e2e-nats-")
             .tempdir()
             .context("failed to create a temporary directory for nats-server")?;
+        if users.is_some() {
+            NatsUsers::write_config(directory.path())?;
+        }
         let port = free_port()?;
         let mut server = NatsServer {
             process: None,
             port,
             directory,
+            users,
         };
         server.spawn(binary, "nats-server")?;
         server.wait_until_ready().await?;
@@ -75,7 +197,14 @@ impl NatsServer {
     fn spawn(&mut self, binary: &Path, banner: &str) -> Result<()> {
         let store = self.directory.path().join("jetstream");
         let (stdout, stderr) = logs::open_for_child(&self.log_path(), banner)?;
-        let process = Command::new(binary)
+        let mut command = Command::new(binary);
+        if let Some(users) = &self.users {
+            command
+                .arg("-c")
+                .arg(self.directory.path().join(CONFIG_FILE))
+                .envs(users.server_environment());
+        }
+        let process = command
             .args([
                 "-js",
                 "-a",
@@ -126,7 +255,7 @@ impl NatsServer {
                     StartError::Other(anyhow::anyhow!(message))
                 });
             }
-            let last_error = match jetstream_answers(&self.url()).await {
+            let last_error = match jetstream_answers(&self.url(), self.users.as_ref()).await {
                 Ok(()) => return Ok(()),
                 Err(error) => format!("{error:#}"),
             };
@@ -150,6 +279,11 @@ impl NatsServer {
     /// The port the server listens on.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Its users, unless it is open to every client.
+    pub fn users(&self) -> Option<&NatsUsers> {
+        self.users.as_ref()
     }
 
     /// Where the server's own log goes.
@@ -204,18 +338,33 @@ pub struct NatsCluster {
     cluster_name: String,
     nodes: Vec<ClusterNode>,
     directory: TempDir,
+    /// Its users, when it is not open to everyone (every server has the same).
+    users: Option<NatsUsers>,
 }
 
 impl NatsCluster {
-    /// Starts `size` servers and returns once every one of them serves JetStream and the
-    /// cluster can place a stream with a replica on each.
+    /// Starts `size` servers open to any client and returns once every one of them serves
+    /// JetStream and the cluster can place a stream with a replica on each.
     pub async fn start(size: usize) -> Result<NatsCluster> {
+        Self::start_with(size, None).await
+    }
+
+    /// Starts a cluster like [`NatsCluster::start`] whose servers admit only `users`, each
+    /// with the permissions of `deploy/nats/users.conf`.
+    pub async fn start_with_users(size: usize, users: NatsUsers) -> Result<NatsCluster> {
+        Self::start_with(size, Some(users)).await
+    }
+
+    async fn start_with(size: usize, users: Option<NatsUsers>) -> Result<NatsCluster> {
         anyhow::ensure!(size >= 1, "a cluster needs at least one server");
         let binary = nats_server_binary()?;
         let directory = tempfile::Builder::new()
             .prefix("e2e-nats-cluster-")
             .tempdir()
             .context("failed to create a temporary directory for the nats cluster")?;
+        if users.is_some() {
+            NatsUsers::write_config(directory.path())?;
+        }
         let mut nodes = Vec::with_capacity(size);
         for index in 0..size {
             nodes.push(ClusterNode {
@@ -230,6 +379,7 @@ impl NatsCluster {
             cluster_name: "e2e".to_owned(),
             nodes,
             directory,
+            users,
         };
         for index in 0..size {
             cluster.spawn(index)?;
@@ -253,7 +403,14 @@ impl NatsCluster {
             .collect();
         let (stdout, stderr) =
             logs::open_for_child(&log_path, &format!("nats-server {}", node.name))?;
-        let process = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        if let Some(users) = &self.users {
+            command
+                .arg("-c")
+                .arg(self.directory.path().join(CONFIG_FILE))
+                .envs(users.server_environment());
+        }
+        let process = command
             .args(["-js", "-a", "127.0.0.1", "-p", &node.port.to_string()])
             .args(["-n", &node.name, "--cluster_name", &self.cluster_name])
             .args([
@@ -289,7 +446,7 @@ impl NatsCluster {
                     logs::tail(&self.log_path(index), logs::TAIL_LINES)
                 );
             }
-            let last_error = match cluster_member_answers(&url).await {
+            let last_error = match cluster_member_answers(&url, self.users.as_ref()).await {
                 Ok(()) => return Ok(()),
                 Err(error) => format!("{error:#}"),
             };
@@ -307,7 +464,7 @@ impl NatsCluster {
     /// Waits until a stream with one replica per server can be created: every server has
     /// joined. The probe stream is deleted again.
     async fn wait_until_formed(&self) -> Result<()> {
-        let client = async_nats::ConnectOptions::new()
+        let client = harness_options(self.users.as_ref())
             .connection_timeout(Duration::from_secs(2))
             .connect(self.urls().as_slice())
             .await
@@ -347,6 +504,11 @@ impl NatsCluster {
     /// How many servers the cluster has.
     pub fn size(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// Its users, unless it is open to every client.
+    pub fn users(&self) -> Option<&NatsUsers> {
+        self.users.as_ref()
     }
 
     /// The client URL of one server, `nats://127.0.0.1:<port>`.
@@ -441,9 +603,10 @@ impl From<anyhow::Error> for StartError {
     }
 }
 
-/// Connects and asks the JetStream API for the account info: proof the server is serving.
-async fn jetstream_answers(url: &str) -> Result<()> {
-    let client = async_nats::ConnectOptions::new()
+/// Connects (as admin, if the server has users) and asks the JetStream API for the account
+/// info: proof the server is serving.
+async fn jetstream_answers(url: &str, users: Option<&NatsUsers>) -> Result<()> {
+    let client = harness_options(users)
         .connection_timeout(Duration::from_secs(1))
         .connect(url)
         .await
@@ -459,8 +622,8 @@ async fn jetstream_answers(url: &str) -> Result<()> {
 /// Connects to one server only and lists the streams: a clustered server answers that only
 /// once it is in contact with the cluster's meta leader (an account info request, which
 /// [`jetstream_answers`] makes, it answers before).
-async fn cluster_member_answers(url: &str) -> Result<()> {
-    let client = async_nats::ConnectOptions::new()
+async fn cluster_member_answers(url: &str, users: Option<&NatsUsers>) -> Result<()> {
+    let client = harness_options(users)
         .connection_timeout(Duration::from_secs(1))
         .ignore_discovered_servers()
         .connect(url)

@@ -16,8 +16,14 @@ use tokio::process::Command;
 use crate::logs;
 use crate::ports::free_port;
 
-/// Where Debian puts the server binaries; `E2E_POSTGRES_BIN` overrides it.
+/// Where Debian puts the Postgres binaries; `E2E_POSTGRES_BIN` overrides it.
 const DEFAULT_BINARIES: &str = "/usr/lib/postgresql/15/bin";
+
+/// The directory of the Postgres binaries (`initdb`, `pg_ctl`, `psql`): `E2E_POSTGRES_BIN`,
+/// else Debian's.
+pub fn binaries() -> PathBuf {
+    env::var_os("E2E_POSTGRES_BIN").map_or_else(|| PathBuf::from(DEFAULT_BINARIES), PathBuf::from)
+}
 
 /// The OS user the server runs as when the suite runs as root.
 const POSTGRES_OS_USER: &str = "postgres";
@@ -35,8 +41,7 @@ pub struct PostgresServer {
 impl PostgresServer {
     /// Creates a cluster (trust authentication, superuser `postgres`) and starts it.
     pub async fn start() -> Result<PostgresServer> {
-        let binaries = env::var_os("E2E_POSTGRES_BIN")
-            .map_or_else(|| PathBuf::from(DEFAULT_BINARIES), PathBuf::from);
+        let binaries = binaries();
         anyhow::ensure!(
             binaries.join("initdb").is_file(),
             "no initdb in {}: set E2E_POSTGRES_BIN to the directory of the Postgres server \

@@ -20,12 +20,13 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::databases;
+use crate::databases::{self, ServiceDatabase};
 use crate::gateway::GatewaySimulator;
 use crate::invariants::Ledger;
 use crate::logs;
-use crate::nats_server::{NatsCluster, NatsServer};
+use crate::nats_server::{ADMIN_USER, NatsCluster, NatsServer, NatsUsers};
 use crate::ports::free_port;
+use crate::tokens::TokenIssuer;
 
 /// How long a service may take from spawn to `GET /readyz` answering 200 (it creates and
 /// migrates its database and declares its streams and consumers first).
@@ -118,6 +119,12 @@ pub struct SystemOptions {
     pub fixed_http_ports: bool,
     /// Databases are named `<prefix>_<service>`; by default `e2e_<8 random hex>`.
     pub database_prefix: Option<String>,
+    /// The Postgres server (a superuser's URL, without a database) the databases and their
+    /// roles are created on and dropped from; by default [`databases::server_url`].
+    pub postgres_url: Option<String>,
+    /// The port the services reach that server on, when not its own: a proxy in front of it
+    /// on the same host.
+    pub postgres_port_for_services: Option<u16>,
     /// Drop the databases before starting, for a clean start under a fixed prefix.
     pub drop_databases_first: bool,
     /// Drop the databases at shutdown (and on drop).
@@ -134,6 +141,19 @@ pub struct SystemOptions {
     pub nats_servers: usize,
     /// Processes per service, each on its own HTTP port, all on the service's one database.
     pub replicas: usize,
+    /// How the services' APIs authenticate callers.
+    pub api_auth: ApiAuth,
+}
+
+/// How a test system's APIs authenticate callers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ApiAuth {
+    /// `INSECURE_DEV_AUTH=1`: no tokens; the customer comes from the body.
+    #[default]
+    InsecureDev,
+    /// Bearer JWTs from a [`TokenIssuer`] of the system's own; the harness's helpers send an
+    /// admin token unless a request carries its own.
+    Tokens,
 }
 
 impl Default for SystemOptions {
@@ -143,12 +163,15 @@ impl Default for SystemOptions {
             rust_log: env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
             fixed_http_ports: false,
             database_prefix: None,
+            postgres_url: None,
+            postgres_port_for_services: None,
             drop_databases_first: false,
             drop_databases_at_end: true,
             log_directory: None,
             own_process_group: false,
             nats_servers: 1,
             replicas: 1,
+            api_auth: ApiAuth::InsecureDev,
         }
     }
 }
@@ -277,12 +300,23 @@ enum Nats {
 }
 
 impl Nats {
+    /// Starts with the deployed users and permissions (`deploy/nats/users.conf`), so that
+    /// every test runs the services as they run in production: each as its own user.
     async fn start(servers: usize) -> Result<Nats> {
+        let users = NatsUsers::generate();
         Ok(if servers <= 1 {
-            Nats::Single(NatsServer::start().await?)
+            Nats::Single(NatsServer::start_with_users(users).await?)
         } else {
-            Nats::Cluster(NatsCluster::start(servers).await?)
+            Nats::Cluster(NatsCluster::start_with_users(servers, users).await?)
         })
+    }
+
+    fn users(&self) -> &NatsUsers {
+        let users = match self {
+            Nats::Single(server) => server.users(),
+            Nats::Cluster(cluster) => cluster.users(),
+        };
+        users.expect("the system's NATS is started with users")
     }
 
     fn urls(&self) -> Vec<String> {
@@ -330,6 +364,10 @@ pub struct System {
     /// Spreads the helpers' requests over a service's replicas, as a load balancer would.
     next_replica: AtomicUsize,
     database_prefix: String,
+    /// Where the databases and roles are created and dropped (a superuser's URL).
+    postgres_url: String,
+    /// Each service's database and roles, in `Service::ALL` order.
+    databases: Vec<ServiceDatabase>,
     drop_databases_at_end: bool,
     own_process_group: bool,
     logs: LogDirectory,
@@ -341,6 +379,8 @@ pub struct System {
     pub(crate) ledger: Mutex<Ledger>,
     /// Set by a completed `shutdown`, so that `Drop` has nothing left to do.
     shut_down: bool,
+    /// Signs the bearer tokens the APIs check, under [`ApiAuth::Tokens`].
+    tokens: Option<TokenIssuer>,
 }
 
 impl System {
@@ -360,12 +400,20 @@ impl System {
             .database_prefix
             .clone()
             .unwrap_or_else(unique_database_prefix);
-        let database_names: Vec<String> = Service::ALL
+        let postgres_url = options
+            .postgres_url
+            .clone()
+            .unwrap_or_else(databases::server_url);
+        let services_postgres_url = match options.postgres_port_for_services {
+            Some(port) => databases::with_port(&postgres_url, port)?,
+            None => postgres_url.clone(),
+        };
+        let service_databases: Vec<ServiceDatabase> = Service::ALL
             .iter()
-            .map(|service| format!("{database_prefix}_{}", service.name()))
+            .map(|service| ServiceDatabase::new(&format!("{database_prefix}_{}", service.name())))
             .collect();
         if options.drop_databases_first {
-            databases::drop_databases(&database_names).await?;
+            databases::drop_service_databases(&postgres_url, &service_databases).await?;
         }
         let logs = match &options.log_directory {
             Some(path) => {
@@ -386,6 +434,10 @@ impl System {
             .no_proxy()
             .build()
             .context("failed to build the HTTP client")?;
+        let tokens = match options.api_auth {
+            ApiAuth::InsecureDev => None,
+            ApiAuth::Tokens => Some(TokenIssuer::create(logs.path())?),
+        };
         let nats = Nats::start(options.nats_servers).await?;
         let gateway = GatewaySimulator::start().await?;
         let mut system = System {
@@ -394,6 +446,8 @@ impl System {
             replicas: options.replicas,
             next_replica: AtomicUsize::new(0),
             database_prefix,
+            postgres_url,
+            databases: service_databases,
             drop_databases_at_end: options.drop_databases_at_end,
             own_process_group: options.own_process_group,
             logs,
@@ -402,7 +456,11 @@ impl System {
             nats_client: OnceCell::new(),
             ledger: Mutex::new(Ledger::default()),
             shut_down: false,
+            tokens,
         };
+        // Each service's database and roles, before any service starts: it migrates as the
+        // owner role and runs as the app role.
+        databases::provision(&system.postgres_url, &system.databases).await?;
         let nats_urls = system.nats.urls();
         // Per process (in `services` order), the extras it starts with.
         let mut extra_envs: Vec<Vec<(String, String)>> = Vec::new();
@@ -440,7 +498,11 @@ impl System {
                     ("NATS_URL".to_owned(), nats_url),
                     (
                         "DATABASE_URL".to_owned(),
-                        databases::database_url(&database),
+                        system.databases[service_index].app_url(&services_postgres_url)?,
+                    ),
+                    (
+                        "DATABASE_MIGRATION_URL".to_owned(),
+                        system.databases[service_index].owner_url(&services_postgres_url)?,
                     ),
                     ("HTTP_ADDR".to_owned(), format!("127.0.0.1:{http_port}")),
                     ("RUST_LOG".to_owned(), options.rust_log.clone()),
@@ -469,6 +531,14 @@ impl System {
                 if nats_urls.len() > 1 {
                     environment.push(("STREAM_REPLICAS".to_owned(), nats_urls.len().to_string()));
                 }
+                // Each service as its own NATS user.
+                environment.extend(system.nats.users().client_environment(service.name()));
+                match &system.tokens {
+                    Some(tokens) => environment.extend(tokens.service_env()),
+                    None => environment.push(("INSECURE_DEV_AUTH".to_owned(), "1".to_owned())),
+                }
+                // Tests send bursts from one address; the rate-limit test turns it on.
+                environment.push(("RATE_LIMIT_PER_SECOND".to_owned(), "0".to_owned()));
                 let extra_env: Vec<(String, String)> = options
                     .extra_env
                     .iter()
@@ -638,6 +708,45 @@ impl System {
         self.nats.urls()
     }
 
+    /// What NATS refused the services, from its log. Every test runs the services with the
+    /// deployed permissions, so a refusal is a permission they need in production too, and
+    /// one the service may not notice (a refused publish or request just gets no answer).
+    /// Refusals of other clients (a test's own, on purpose) are not the services'.
+    fn nats_refusals(&self) -> Vec<String> {
+        let mut refused = Vec::new();
+        for path in self.nats.log_paths() {
+            let Ok(log) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            // `[ERR] <address> - cid:7 - "v0.51.0:rust:order-service" - "$G/user:order" -
+            // Publish Violation - Subject "..."`: the client's name is `<service>-service`.
+            refused.extend(
+                log.lines()
+                    .filter(|line| line.contains(" Violation - ") && line.contains("-service\""))
+                    .map(str::to_owned),
+            );
+        }
+        refused
+    }
+
+    /// The users of this system's NATS and their passwords.
+    pub fn nats_users(&self) -> &NatsUsers {
+        self.nats.users()
+    }
+
+    /// The environment a process needs to reach this system's NATS as `user` (`admin` or a
+    /// service's name): `NATS_URL` (every server) and the user's credentials.
+    pub fn nats_environment(&self, user: &str) -> Vec<(String, String)> {
+        let mut environment = vec![("NATS_URL".to_owned(), self.nats.urls().join(","))];
+        environment.extend(self.nats.users().client_environment(user));
+        environment
+    }
+
+    /// The environment `sagactl` needs against this system: its NATS as `admin`.
+    pub fn admin_nats_environment(&self) -> Vec<(String, String)> {
+        self.nats_environment(ADMIN_USER)
+    }
+
     /// The NATS server's own log (the first server's, on a cluster).
     pub fn nats_log_path(&self) -> PathBuf {
         self.nats.log_paths().swap_remove(0)
@@ -697,6 +806,34 @@ impl System {
         &self.process(service).database
     }
 
+    /// A service's database and its roles.
+    pub fn database(&self, service: Service) -> &ServiceDatabase {
+        &self.databases[service as usize]
+    }
+
+    /// The environment a process needs to reach a service's database with the service's
+    /// roles (on the server itself, never through a proxy): `DATABASE_URL` (the app role) and
+    /// `DATABASE_MIGRATION_URL` (the owner role).
+    pub fn database_environment(&self, service: Service) -> Result<Vec<(String, String)>> {
+        Ok(vec![
+            ("DATABASE_URL".to_owned(), self.app_database_url(service)?),
+            (
+                "DATABASE_MIGRATION_URL".to_owned(),
+                self.owner_database_url(service)?,
+            ),
+        ])
+    }
+
+    /// A service's database as the role the service runs as (DML only).
+    pub fn app_database_url(&self, service: Service) -> Result<String> {
+        self.database(service).app_url(&self.postgres_url)
+    }
+
+    /// A service's database as its owner role, which migrates it.
+    pub fn owner_database_url(&self, service: Service) -> Result<String> {
+        self.database(service).owner_url(&self.postgres_url)
+    }
+
     /// Where a service's (first replica's) stdout and stderr go.
     pub fn log_path(&self, service: Service) -> &Path {
         &self.process(service).log_path
@@ -705,6 +842,11 @@ impl System {
     /// The directory holding every service log.
     pub fn log_directory(&self) -> &Path {
         self.logs.path()
+    }
+
+    /// The issuer of the tokens the APIs accept, under [`ApiAuth::Tokens`].
+    pub fn tokens(&self) -> Option<&TokenIssuer> {
+        self.tokens.as_ref()
     }
 
     /// The HTTP client the helpers use (no proxy, with a timeout).
@@ -855,9 +997,18 @@ impl System {
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
         }
+        let refused = self.nats_refusals();
+        if !refused.is_empty() {
+            problems.push(format!(
+                "NATS refused the services what deploy/nats/users.conf does not allow them (a \
+                 permission a service needs is missing there):\n{}",
+                refused.join("\n")
+            ));
+        }
         self.nats.stop();
         if self.drop_databases_at_end
-            && let Err(error) = databases::drop_databases(&self.database_names()).await
+            && let Err(error) =
+                databases::drop_service_databases(&self.postgres_url, &self.databases).await
         {
             problems.push(format!("{error:#}"));
         }
@@ -873,17 +1024,6 @@ impl System {
             problems.join("\n")
         )
     }
-
-    /// Each service's database, once (replicas share theirs).
-    fn database_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .services
-            .iter()
-            .map(|process| process.database.clone())
-            .collect();
-        names.dedup();
-        names
-    }
 }
 
 impl Drop for System {
@@ -896,7 +1036,10 @@ impl Drop for System {
         }
         self.nats.stop();
         if self.drop_databases_at_end
-            && let Err(error) = databases::drop_databases_blocking(self.database_names())
+            && let Err(error) = databases::drop_service_databases_blocking(
+                self.postgres_url.clone(),
+                self.databases.clone(),
+            )
         {
             eprintln!("could not drop the test databases: {error:#}");
         }

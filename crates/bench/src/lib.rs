@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
+use runtime::jetstream::{NatsAuth, Password};
 use serde::Serialize;
 
 use crate::bound::{Bound, PerSaga, StreamTotals};
@@ -59,6 +60,28 @@ pub struct Options {
     /// The system's NATS server: terminal events are read from its ORDER stream.
     #[arg(long, env = "BENCH_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
+    /// The NATS user to connect as: `admin` of deploy/nats/users.conf, since the bound
+    /// creates and deletes a scratch stream, which no service may (with
+    /// BENCH_NATS_PASSWORD). Unset: no authentication.
+    #[arg(
+        long,
+        env = "BENCH_NATS_USER",
+        requires = "nats_password",
+        conflicts_with = "nats_creds_file"
+    )]
+    pub nats_user: Option<String>,
+    /// The password of BENCH_NATS_USER; never written to the report.
+    #[arg(
+        long,
+        env = "BENCH_NATS_PASSWORD",
+        hide_env_values = true,
+        requires = "nats_user"
+    )]
+    #[serde(skip)]
+    pub nats_password: Option<Password>,
+    /// A NATS credentials file (user JWT and nkey seed) instead of a user and password.
+    #[arg(long, env = "BENCH_NATS_CREDS_FILE")]
+    pub nats_creds_file: Option<PathBuf>,
     /// The system's Postgres server, where the bound's scratch database is created.
     #[arg(
         long,
@@ -193,7 +216,16 @@ pub struct Machine {
 pub async fn run(options: Options) -> anyhow::Result<Report> {
     let options = options.effective();
     let started_at = Utc::now();
-    let client = async_nats::connect(&options.nats_url)
+    let auth = NatsAuth {
+        nats_user: options.nats_user.clone(),
+        nats_password: options.nats_password.clone(),
+        nats_creds_file: options.nats_creds_file.clone(),
+        nats_nkey_seed_file: None,
+    };
+    let client = auth
+        .connect_options()
+        .await?
+        .connect(options.nats_url.as_str())
         .await
         .with_context(|| format!("failed to connect to NATS at {}", options.nats_url))?;
     let jetstream = async_nats::jetstream::new(client);

@@ -1,18 +1,54 @@
-//! The service's own Postgres database: created if missing, migrated at startup (the shared
-//! messaging tables, then the service's own), and the rules for which errors are worth a retry.
+//! The service's own Postgres database: created if missing and migrated at startup (the
+//! shared messaging tables, then the service's own) as the owner role, then a pool for the
+//! service's run-time role with its timeouts; and the rules for which errors are worth a retry.
+//!
+//! Two roles, two URLs (README, "Postgres roles"): the migrations run on one short-lived
+//! connection of the owner role (`DATABASE_MIGRATION_URL`), which owns the schema; the pool
+//! the service runs on connects as a role that may only read and write rows
+//! (`DATABASE_URL`). Locally both are the same superuser URL.
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::migrate::{MigrateDatabase, Migrator};
-use sqlx::postgres::PgPoolOptions;
-use sqlx::{PgPool, Postgres};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool, Postgres};
 use thiserror::Error;
 
 /// The outbox and inbox tables, shared by every service.
 static MESSAGING_MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
+/// The history table of [`MESSAGING_MIGRATIONS`], apart from the service's `_sqlx_migrations`.
+const MESSAGING_HISTORY_TABLE: &str = "_messaging_migrations";
+
+/// `DB_STATEMENT_TIMEOUT` unless set: JetStream's default ack wait. A statement still running
+/// (or still waiting for a lock) after that is work JetStream has already handed out again.
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `DB_IDLE_IN_TRANSACTION_TIMEOUT` unless set. A transaction waits on something other than
+/// Postgres in two places: the payment service holds its transaction (and the payment's row
+/// lock) across the call to the payment gateway (by default at most 3 attempts of 2 s plus
+/// backoff, under 7 s; the payment service refuses to start with a timeout shorter than its
+/// longest call), and the outbox relay holds its claim while it awaits the publish acks (5 s
+/// at most). A minute is well above both, yet releases the locks of a process that hangs.
+pub const DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a caller waits for a pooled connection before the pool gives up.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Error)]
 pub enum DatabaseError {
+    #[error("{url} is not a valid Postgres URL")]
+    Url {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error(
+        "DATABASE_MIGRATION_URL names the database {migrated:?} but DATABASE_URL names \
+         {used:?}: both must name the service's one database"
+    )]
+    DifferentDatabases { migrated: String, used: String },
     #[error("failed to create database {url}")]
     Create {
         url: String,
@@ -25,33 +61,218 @@ pub enum DatabaseError {
         #[source]
         source: sqlx::Error,
     },
-    #[error("failed to migrate the database")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(
+        "failed to migrate the database as {url} (DATABASE_MIGRATION_URL, else DATABASE_URL: \
+         it must be the role that owns the database)"
+    )]
+    Migrate {
+        url: String,
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error("failed to check what the role of {url} may do")]
+    CheckPrivileges {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error(
+        "the role {role} may not read and write {relations}: the owner role must grant it \
+         SELECT, INSERT, UPDATE, DELETE on tables and USAGE on sequences \
+         (deploy/postgres/provision.sql sets that up for every table the owner creates)"
+    )]
+    MissingPrivileges { role: String, relations: String },
 }
 
-/// Creates the database if needed, connects a pool and applies all migrations.
+/// A Postgres URL as configured, which may carry a password: `Debug` shows it [`redact`]ed,
+/// so printing the settings never prints a password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// The URL itself, password included, to connect with.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for DatabaseUrl {
+    fn from(url: String) -> DatabaseUrl {
+        DatabaseUrl(url)
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DatabaseUrl({:?})", redact(&self.0))
+    }
+}
+
+/// Where the service's database is and how its connections behave. `Debug` redacts the
+/// passwords.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseOptions {
+    /// The run-time role's URL (`DATABASE_URL`): the pool connects with it.
+    pub url: String,
+    /// The owner role's URL (`DATABASE_MIGRATION_URL`): creates the database when it is
+    /// missing (if the role may) and runs the migrations.
+    pub migration_url: String,
+    pub max_connections: u32,
+    /// `statement_timeout` of every pooled connection.
+    pub statement_timeout: Duration,
+    /// `idle_in_transaction_session_timeout` of every pooled connection.
+    pub idle_in_transaction_timeout: Duration,
+}
+
+impl std::fmt::Debug for DatabaseOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseOptions")
+            .field("url", &redact(&self.url))
+            .field("migration_url", &redact(&self.migration_url))
+            .field("max_connections", &self.max_connections)
+            .field("statement_timeout", &self.statement_timeout)
+            .field(
+                "idle_in_transaction_timeout",
+                &self.idle_in_transaction_timeout,
+            )
+            .finish()
+    }
+}
+
+impl DatabaseOptions {
+    /// One URL for both roles and the default timeouts, as for a local superuser.
+    pub fn new(url: &str, max_connections: u32) -> DatabaseOptions {
+        DatabaseOptions {
+            url: url.to_owned(),
+            migration_url: url.to_owned(),
+            max_connections,
+            statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
+            idle_in_transaction_timeout: DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT,
+        }
+    }
+
+    /// The options every pooled connection starts with: `url`'s, plus the timeouts (in
+    /// milliseconds, the unit both settings take without one).
+    fn connect_options(&self, url: &str) -> Result<PgConnectOptions, DatabaseError> {
+        let options = PgConnectOptions::from_str(url).map_err(|source| DatabaseError::Url {
+            url: redact(url),
+            source,
+        })?;
+        Ok(options.options([
+            ("statement_timeout", self.statement_timeout.as_millis()),
+            (
+                "idle_in_transaction_session_timeout",
+                self.idle_in_transaction_timeout.as_millis(),
+            ),
+        ]))
+    }
+}
+
+/// Creates the database if needed and applies all migrations as the owner role, then connects
+/// the run-time role's pool and checks that it may read and write every table.
 pub async fn connect_and_migrate(
-    url: &str,
-    max_connections: u32,
+    options: &DatabaseOptions,
     service_migrations: &Migrator,
 ) -> Result<PgPool, DatabaseError> {
-    create_if_missing(url).await?;
-    let pool = PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect(url)
+    let used = options.connect_options(&options.url)?;
+    let migrated = options.connect_options(&options.migration_url)?;
+    if used.get_database() != migrated.get_database() {
+        return Err(DatabaseError::DifferentDatabases {
+            migrated: migrated.get_database().unwrap_or_default().to_owned(),
+            used: used.get_database().unwrap_or_default().to_owned(),
+        });
+    }
+    create_if_missing(&options.migration_url).await?;
+    migrate(&options.migration_url, service_migrations).await?;
+    let pool = connect_pool(options, used, &options.url).await?;
+    check_privileges(&pool, &options.url).await?;
+    Ok(pool)
+}
+
+/// A pool of the owner role with the run-time timeouts, for what changes the schema while the
+/// service runs (a rebuild command switching in a new table).
+pub async fn connect_as_owner(options: &DatabaseOptions) -> Result<PgPool, DatabaseError> {
+    let owner = options.connect_options(&options.migration_url)?;
+    connect_pool(options, owner, &options.migration_url).await
+}
+
+async fn connect_pool(
+    options: &DatabaseOptions,
+    connect_options: PgConnectOptions,
+    url: &str,
+) -> Result<PgPool, DatabaseError> {
+    PgPoolOptions::new()
+        .max_connections(options.max_connections)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(connect_options)
         .await
         .map_err(|source| DatabaseError::Connect {
             url: redact(url),
             source,
-        })?;
+        })
+}
+
+/// The shared migrations, then the service's, on one connection that is closed afterwards:
+/// the owner role's credentials are used for nothing else.
+async fn migrate(url: &str, service_migrations: &Migrator) -> Result<(), DatabaseError> {
+    let mut connection =
+        PgConnection::connect(url)
+            .await
+            .map_err(|source| DatabaseError::Connect {
+                url: redact(url),
+                source,
+            })?;
     // The shared tables keep their own history table so their versions never collide with
     // a service's.
     let mut messaging = Migrator::with_migrations(MESSAGING_MIGRATIONS.iter().cloned().collect());
-    messaging.dangerous_set_table_name("_messaging_migrations");
-    messaging.run(&pool).await?;
-    service_migrations.run(&pool).await?;
-    Ok(pool)
+    messaging.dangerous_set_table_name(MESSAGING_HISTORY_TABLE);
+    let migrate_error = |source| DatabaseError::Migrate {
+        url: redact(url),
+        source,
+    };
+    messaging
+        .run(&mut connection)
+        .await
+        .map_err(migrate_error)?;
+    service_migrations
+        .run(&mut connection)
+        .await
+        .map_err(migrate_error)?;
+    // Closing politely is a courtesy; a failure here changes nothing that was migrated.
+    let _ = connection.close().await;
+    Ok(())
+}
+
+/// Fails, naming them, when the pool's role may not read and write some table or use some
+/// sequence of the schema: better at startup than at the first event that touches it. The
+/// migration history tables are the owner's business and left out.
+async fn check_privileges(pool: &PgPool, url: &str) -> Result<(), DatabaseError> {
+    let relations: Vec<String> = sqlx::query_scalar(
+        "SELECT relname::text FROM pg_class \
+         WHERE relnamespace = 'public'::regnamespace \
+           AND relname NOT IN ('_sqlx_migrations', $1) \
+           AND ((relkind IN ('r', 'p') \
+                 AND NOT (has_table_privilege(oid, 'SELECT') \
+                      AND has_table_privilege(oid, 'INSERT') \
+                      AND has_table_privilege(oid, 'UPDATE') \
+                      AND has_table_privilege(oid, 'DELETE'))) \
+                OR (relkind = 'S' AND NOT has_sequence_privilege(oid, 'USAGE'))) \
+         ORDER BY relname",
+    )
+    .bind(MESSAGING_HISTORY_TABLE)
+    .fetch_all(pool)
+    .await
+    .map_err(|source| DatabaseError::CheckPrivileges {
+        url: redact(url),
+        source,
+    })?;
+    if relations.is_empty() {
+        return Ok(());
+    }
+    Err(DatabaseError::MissingPrivileges {
+        role: pool.connect_options().get_username().to_owned(),
+        relations: relations.join(", "),
+    })
 }
 
 async fn create_if_missing(url: &str) -> Result<(), DatabaseError> {
@@ -133,6 +354,33 @@ mod tests {
         assert_eq!(
             redact("postgres://postgres@127.0.0.1/order"),
             "postgres://postgres@127.0.0.1/order"
+        );
+    }
+
+    #[test]
+    fn printed_options_show_no_password() {
+        let options = DatabaseOptions {
+            migration_url: "postgres://order_owner:owner-secret@db/order".to_owned(),
+            ..DatabaseOptions::new("postgres://order_app:app-secret@db/order", 4)
+        };
+        let printed = format!("{options:?} {:?}", DatabaseUrl::from(options.url.clone()));
+        assert!(!printed.contains("secret"), "{printed}");
+        assert!(
+            printed.contains("postgres://order_owner:***@db/order"),
+            "{printed}"
+        );
+    }
+
+    #[test]
+    fn the_pool_sets_both_timeouts_in_milliseconds() {
+        let options = DatabaseOptions {
+            statement_timeout: Duration::from_millis(1500),
+            ..DatabaseOptions::new("postgres://order_app@db/order", 4)
+        };
+        let connect = options.connect_options(&options.url).expect("a valid URL");
+        assert_eq!(
+            connect.get_options(),
+            Some("-c statement_timeout=1500 -c idle_in_transaction_session_timeout=60000")
         );
     }
 

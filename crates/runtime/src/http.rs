@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, MatchedPath, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use serde::Serialize;
@@ -23,8 +23,10 @@ use utoipa::openapi::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::auth::Authenticator;
 use crate::consumer::ConsumerHealth;
 use crate::metrics::{Scrape, serve_metrics, track_http};
+use crate::rate_limit::{self, RateLimit};
 use crate::telemetry;
 
 /// Largest request body any service accepts.
@@ -49,6 +51,12 @@ pub struct ErrorBody {
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
+    /// No caller could be established (no or a bad bearer token): `401`.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The caller is known but may not do this: `403`.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -58,6 +66,9 @@ pub enum ApiError {
     Invalid { field: String, message: String },
     #[error("{message}")]
     Rejected { status: StatusCode, message: String },
+    /// The client is over its rate; `Retry-After` says when to come back.
+    #[error("too many requests from this client; retry in {retry_after} s")]
+    TooManyRequests { retry_after: u64 },
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -96,6 +107,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match &self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -113,7 +127,21 @@ impl IntoResponse for ApiError {
             error: self.to_string(),
             field,
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::Unauthorized(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+            }
+            ApiError::TooManyRequests { retry_after } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            _ => {}
+        }
+        response
     }
 }
 
@@ -244,13 +272,34 @@ async fn openapi_json(State(document): State<Arc<OpenApi>>) -> Result<Response, 
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
+/// Who may call a service's own routes, and how often.
+#[derive(Debug, Clone)]
+pub struct Access {
+    /// Establishes each request's [`crate::auth::Caller`].
+    pub authenticator: Arc<Authenticator>,
+    /// Per-client limit; `None` for none.
+    pub rate_limit: Option<Arc<RateLimit>>,
+}
+
 /// Adds `/healthz`, `/readyz`, `/metrics`, `/openapi.json` (the routes' documentation,
 /// completed by [`crate::openapi::document`]), the shared middleware and JSON fallbacks to a
-/// service's routes.
-pub fn finish(routes: OpenApiRouter, readiness: Readiness, scrape: Scrape) -> Router {
+/// service's routes, which alone are authenticated and rate limited.
+pub fn finish(
+    routes: OpenApiRouter,
+    readiness: Readiness,
+    scrape: Scrape,
+    access: Access,
+) -> Router {
     let metrics = scrape.metrics.clone();
     let (routes, api) = routes.split_for_parts();
     let document = Arc::new(crate::openapi::document(api));
+    let mut routes = routes.layer(axum::Extension(access.authenticator));
+    if let Some(limit) = access.rate_limit {
+        routes = routes.layer(axum::middleware::from_fn_with_state(
+            limit,
+            rate_limit::limit,
+        ));
+    }
     routes
         .merge(health_routes(readiness))
         .merge(Router::from(metrics_api().with_state(scrape)))

@@ -6,6 +6,7 @@
 //! A service supplies its domain (an HTTP router and a [`consumer::Handler`]) and gets the
 //! rest from here; see [`service::Service`].
 
+pub mod auth;
 pub mod consumer;
 pub mod database;
 pub mod fault;
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod outbox;
 pub mod pruning;
+pub mod rate_limit;
 pub mod replay;
 pub mod service;
 pub mod settings;

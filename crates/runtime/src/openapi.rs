@@ -2,8 +2,10 @@
 //! JSON Schema pieces for the string rules several services share; with the `testing`
 //! feature, the checks each service's tests run on its document.
 
+use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::{Operation, ParameterIn};
 use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, Required, Response, ResponseBuilder};
 use utoipa::{PartialSchema, ToSchema};
 
@@ -13,6 +15,9 @@ use crate::http::{
 
 /// The tag of the routes every service has.
 pub const OPERATIONS: &str = "operations";
+
+/// The name of the bearer-token security scheme operations refer to in `security(...)`.
+pub const BEARER: &str = "bearer";
 
 /// A service's whole OpenAPI document: its own routes (`service`) with the answers the shared
 /// layers give on them (`500` from `ApiError`, `400`/`413`/`415` from `JsonBody` on routes
@@ -38,6 +43,20 @@ pub fn document(service: OpenApi) -> OpenApi {
         .schemas
         .entry(ErrorBody::name().into_owned())
         .or_insert_with(ErrorBody::schema);
+    components.add_security_scheme(
+        BEARER,
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .bearer_format("JWT")
+                .description(Some(
+                    "A JWT from the configured issuer; its `sub` is the customer, a `roles` \
+                     claim holding `admin` grants operator rights. Not checked under \
+                     INSECURE_DEV_AUTH.",
+                ))
+                .build(),
+        ),
+    );
     for_each_operation(&mut document, |operation| {
         let timeout = ResponseBuilder::new()
             .description(format!(
@@ -71,10 +90,19 @@ fn for_each_operation(document: &mut OpenApi, mut change: impl FnMut(&mut Operat
 
 /// The errors any handler of a service can answer, whatever its annotation lists.
 fn add_error_responses(operation: &mut Operation) {
-    let mut shared = vec![(
-        "500",
-        error_response("Internal error (logged); the body says no more"),
-    )];
+    let mut shared = vec![
+        (
+            "500",
+            error_response("Internal error (logged); the body says no more"),
+        ),
+        ("429", too_many_requests()),
+    ];
+    if operation.security.is_some() {
+        shared.push((
+            "401",
+            error_response("No valid bearer token; the body says what is wrong with it"),
+        ));
+    }
     if operation.request_body.is_some() {
         shared.extend([
             ("400", error_response("The body is not JSON")),
@@ -95,6 +123,23 @@ fn add_error_responses(operation: &mut Operation) {
             .entry(status.to_owned())
             .or_insert(RefOr::T(response));
     }
+}
+
+/// The rate limit's answer, which says when to come back.
+fn too_many_requests() -> Response {
+    let mut response = error_response("This client sent too many requests; retry later");
+    response.headers.insert(
+        "Retry-After".to_owned(),
+        HeaderBuilder::new()
+            .schema(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(1)),
+            )
+            .description(Some("Seconds to wait before the next request"))
+            .build(),
+    );
+    response
 }
 
 fn error_response(description: &str) -> Response {
@@ -353,6 +398,10 @@ pub mod testing {
                 pool,
                 jetstream,
                 consumers: Vec::new(),
+            },
+            crate::http::Access {
+                authenticator: Arc::new(crate::auth::Authenticator::insecure()),
+                rate_limit: None,
             },
         )
     }

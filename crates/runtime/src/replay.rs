@@ -22,6 +22,7 @@ use sqlx::migrate::Migrator;
 use sqlx::{PgConnection, PgPool};
 
 use crate::consumer::{HandlerError, Incoming};
+use crate::database::connect_as_owner;
 use crate::jetstream::{context_stream, ensure_streams};
 use crate::service::Platform;
 use crate::settings::{Identity, Settings};
@@ -67,12 +68,23 @@ pub struct Rebuilt {
     pub up_to_sequence: u64,
 }
 
-/// Rebuilds `projection`'s table from the start of its stream and switches it in.
+/// The name of the consumer `service` replays `table`'s stream with, `<service>-rebuild-<table>`:
+/// a name known in advance, so that the service's NATS user can be allowed this consumer and
+/// no other (`deploy/nats/users.conf`). Two rebuilds of one table at once would share it, as
+/// they would share the schema `rebuild`: run one at a time.
+pub fn replay_consumer_name(service: &str, table: &str) -> String {
+    format!("{service}-rebuild-{table}")
+}
+
+/// Rebuilds `projection`'s table from the start of its stream and switches it in, replaying
+/// with the consumer `service`'s rebuilds use.
 pub async fn rebuild<P: Projection>(
     pool: &PgPool,
     jetstream: &jetstream::Context,
+    service: &str,
     projection: &P,
 ) -> anyhow::Result<Rebuilt> {
+    let consumer = replay_consumer_name(service, P::TABLE);
     sqlx::raw_sql("DROP SCHEMA IF EXISTS rebuild CASCADE; CREATE SCHEMA rebuild")
         .execute(pool)
         .await
@@ -84,7 +96,7 @@ pub async fn rebuild<P: Projection>(
 
     // Most of the history, a batch per transaction, without holding up the live consumer.
     let stream = jetstream.get_stream(projection.stream().stream()).await?;
-    let mut replay = Replay::start(&stream, projection, 1).await?;
+    let mut replay = Replay::start(&stream, &consumer, projection, 1).await?;
     let mut rebuilt = Rebuilt {
         events: 0,
         up_to_sequence: 0,
@@ -94,6 +106,7 @@ pub async fn rebuild<P: Projection>(
         apply_to_copy(&mut tx, projection, &batch, &mut rebuilt).await?;
         tx.commit().await?;
     }
+    replay.finish().await?;
     tracing::info!(
         table = P::TABLE,
         events = rebuilt.events,
@@ -104,10 +117,12 @@ pub async fn rebuild<P: Projection>(
     // The rest under the lock, then the switch, in one transaction.
     let mut tx = pool.begin().await?;
     sqlx::raw_sql(P::LOCK).execute(&mut *tx).await?;
-    let mut catch_up = Replay::start(&stream, projection, rebuilt.up_to_sequence + 1).await?;
+    let mut catch_up =
+        Replay::start(&stream, &consumer, projection, rebuilt.up_to_sequence + 1).await?;
     while let Some(batch) = catch_up.next_batch().await? {
         apply_to_copy(&mut tx, projection, &batch, &mut rebuilt).await?;
     }
+    catch_up.finish().await?;
     sqlx::query("SET LOCAL search_path TO public")
         .execute(&mut *tx)
         .await?;
@@ -127,22 +142,27 @@ pub async fn rebuild<P: Projection>(
 }
 
 /// A service binary's rebuild command: connects with the service's own settings (migrating
-/// its database like a start would), makes sure the stream exists, rebuilds `projection`,
-/// and prints what it did.
+/// its database like a start would), makes sure the stream exists, rebuilds `projection` as
+/// the owner role (`DATABASE_MIGRATION_URL`), and prints what it did.
 pub async fn rebuild_command<P: Projection>(
     identity: Identity,
     settings: Settings,
     migrations: &Migrator,
     projection: &P,
 ) -> anyhow::Result<()> {
-    let platform = Platform::connect(identity, settings, migrations).await?;
+    let platform = Platform::connect_without_api(identity, settings, migrations).await?;
     let replicas = platform.settings.stream_replicas;
     ensure_streams(
         &platform.jetstream,
         vec![context_stream(projection.stream(), replicas)],
     )
     .await?;
-    let rebuilt = rebuild(&platform.pool, &platform.jetstream, projection).await?;
+    // The copy is created and switched in with DDL: the owner role's work, which the run-time
+    // role (DATABASE_URL) may not do.
+    let owner = connect_as_owner(&platform.settings.database(&identity))
+        .await
+        .context("failed to connect as the database's owner")?;
+    let rebuilt = rebuild(&owner, &platform.jetstream, identity.name, projection).await?;
     println!(
         "{} rebuilt from {} events ({} up to sequence {}) and switched in",
         P::TABLE,
@@ -179,18 +199,26 @@ async fn apply_to_copy<P: Projection>(
 /// Reads the stored events of a projection's types from a stream sequence on, a batch at a
 /// time, until the end of the stream as it was when the batch was fetched.
 struct Replay {
+    stream: jetstream::stream::Stream,
     consumer: jetstream::consumer::Consumer<pull::Config>,
+    name: String,
     drained: bool,
 }
 
 impl Replay {
+    /// Creates the (ephemeral) consumer `name` reading from `start` on.
     async fn start<P: Projection>(
         stream: &jetstream::stream::Stream,
+        name: &str,
         projection: &P,
         start: u64,
     ) -> anyhow::Result<Replay> {
+        // One left by a rebuild that died (it would expire after its inactive threshold)
+        // would refuse the new start sequence. Usually there is none: the error is expected.
+        let _ = stream.delete_consumer(name).await;
         let consumer = stream
             .create_consumer(pull::Config {
+                name: Some(name.to_owned()),
                 filter_subjects: projection
                     .event_types()
                     .iter()
@@ -207,7 +235,21 @@ impl Replay {
             .context("cannot create a consumer to replay the stream")?;
         // Nothing to read: say so at once instead of waiting out a fetch (under the lock).
         let drained = consumer.cached_info().num_pending == 0;
-        Ok(Replay { consumer, drained })
+        Ok(Replay {
+            stream: stream.clone(),
+            consumer,
+            name: name.to_owned(),
+            drained,
+        })
+    }
+
+    /// Deletes the consumer, so that the name is free for the next replay.
+    async fn finish(self) -> anyhow::Result<()> {
+        self.stream
+            .delete_consumer(&self.name)
+            .await
+            .with_context(|| format!("cannot delete the replay consumer {}", self.name))?;
+        Ok(())
     }
 
     /// The next events with their stream sequences; `None` once the stream is read. An event

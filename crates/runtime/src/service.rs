@@ -17,15 +17,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use utoipa_axum::router::OpenApiRouter;
 
+use crate::auth::Authenticator;
 use crate::consumer::{Consumer, ConsumerHealth, ConsumerOptions, Handler, Subscription};
 use crate::database::{connect_and_migrate, redact};
-use crate::http::{Readiness, finish};
+use crate::http::{Access, Readiness, finish};
 use crate::jetstream::{
     advisory_stream, connect, context_stream, dead_letter_stream, ensure_streams,
 };
 use crate::metrics::{Metrics, Scrape};
 use crate::outbox::{Outbox, Relay};
 use crate::pruning::Pruner;
+use crate::rate_limit::RateLimit;
 use crate::settings::{Identity, LogFormat, Settings};
 use crate::telemetry;
 
@@ -40,22 +42,60 @@ pub struct Platform {
     pub outbox: Outbox,
     /// The service's own registry; a service adds its series to it before `Service::build`.
     pub metrics: Metrics,
+    /// Who may call the API and how often.
+    pub access: Access,
 }
 
 impl Platform {
-    /// Creates and migrates the service's database and connects to NATS.
+    /// Checks how the API authenticates (refusing a service with no authentication before it
+    /// connects anywhere), creates and migrates the service's database and connects to NATS.
     pub async fn connect(
         identity: Identity,
         settings: Settings,
         migrations: &Migrator,
     ) -> anyhow::Result<Platform> {
         settings.validate()?;
-        let database_url = settings.database_url(&identity);
-        tracing::info!(database = %redact(&database_url), nats = %settings.nats_url, "connecting");
-        let pool = connect_and_migrate(&database_url, settings.db_max_connections, migrations)
+        let authenticator = Authenticator::from_settings(&settings.auth)?;
+        if authenticator.is_insecure() {
+            tracing::warn!(
+                "INSECURE_DEV_AUTH=1: the API checks no token and believes whatever customer a \
+                 request names. For local development only; never deploy this"
+            );
+        }
+        let access = Access {
+            authenticator: Arc::new(authenticator),
+            rate_limit: RateLimit::new(settings.rate_limit_per_second, settings.rate_limit_burst),
+        };
+        Self::connect_with(identity, settings, migrations, access).await
+    }
+
+    /// [`Platform::connect`] for a command that serves no API (a rebuild): no authentication
+    /// to configure, and an API built on it anyway would let no one in.
+    pub async fn connect_without_api(
+        identity: Identity,
+        settings: Settings,
+        migrations: &Migrator,
+    ) -> anyhow::Result<Platform> {
+        settings.validate()?;
+        let access = Access {
+            authenticator: Arc::new(Authenticator::closed()),
+            rate_limit: None,
+        };
+        Self::connect_with(identity, settings, migrations, access).await
+    }
+
+    async fn connect_with(
+        identity: Identity,
+        settings: Settings,
+        migrations: &Migrator,
+        access: Access,
+    ) -> anyhow::Result<Platform> {
+        let database = settings.database(&identity);
+        tracing::info!(database = %redact(&database.url), migrations = %redact(&database.migration_url), nats = %settings.nats_url, nats_auth = %settings.nats_auth.describe(), "connecting");
+        let pool = connect_and_migrate(&database, migrations)
             .await
             .context("failed to prepare the database")?;
-        let nats = connect(&settings.nats_url, &format!("{}-service", identity.name)).await?;
+        let nats = connect(&settings.nats_url, identity.name, &settings.nats_auth).await?;
         let jetstream = jetstream::new(nats.clone());
         Ok(Platform {
             identity,
@@ -65,6 +105,7 @@ impl Platform {
             nats,
             jetstream,
             metrics: Metrics::new(),
+            access,
         })
     }
 }
@@ -214,12 +255,17 @@ impl<H: Handler> Service<H> {
                 jetstream: platform.jetstream.clone(),
                 consumers: durable_consumers,
             },
+            platform.access.clone(),
         );
         tracing::info!(address = %listener.local_addr()?, "listening");
         let mut http = tokio::spawn(
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stop_http.clone().cancelled_owned())
-                .into_future(),
+            // With the peer's address, which the rate limit keys on.
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(stop_http.clone().cancelled_owned())
+            .into_future(),
         );
 
         let result = tokio::select! {

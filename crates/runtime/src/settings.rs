@@ -7,7 +7,9 @@ use std::time::Duration;
 use clap::Parser;
 use thiserror::Error;
 
-use crate::jetstream::DUPLICATE_WINDOW;
+use crate::auth::AuthSettings;
+use crate::database::{DatabaseOptions, DatabaseUrl};
+use crate::jetstream::{DUPLICATE_WINDOW, NatsAuth};
 
 /// Who a service is: its name (used for its database, consumers and event source) and its
 /// default HTTP port.
@@ -32,10 +34,34 @@ pub struct Settings {
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
 
-    /// Postgres URL of this service's own database, created and migrated at startup if
-    /// missing [default: postgres://postgres@127.0.0.1:5432/<service>].
+    /// Who the service is to NATS: its own user, allowed only what the service does.
+    #[command(flatten)]
+    pub nats_auth: NatsAuth,
+
+    /// Postgres URL of this service's own database as the role the service runs as: its
+    /// pool connects with it. The database is created if missing and migrated at startup,
+    /// as DATABASE_MIGRATION_URL's role [default: postgres://postgres@127.0.0.1:5432/<service>].
     #[arg(long, env = "DATABASE_URL")]
-    pub database_url: Option<String>,
+    pub database_url: Option<DatabaseUrl>,
+
+    /// Postgres URL of the role that owns this service's database: it runs the migrations (on
+    /// a connection of its own, closed afterwards) and creates the database if missing and
+    /// allowed. DATABASE_URL's role then needs only to read and write rows (README, "Postgres
+    /// roles") [default: DATABASE_URL].
+    #[arg(long, env = "DATABASE_MIGRATION_URL")]
+    pub database_migration_url: Option<DatabaseUrl>,
+
+    /// `statement_timeout` of every pooled connection: a statement running (or waiting for a
+    /// lock) longer is cancelled and its transaction retried later. At least 1ms.
+    #[arg(long, env = "DB_STATEMENT_TIMEOUT", default_value = "30s", value_parser = parse_database_timeout)]
+    pub db_statement_timeout: Duration,
+
+    /// `idle_in_transaction_session_timeout` of every pooled connection: Postgres ends a
+    /// session whose transaction waits this long for its next statement, releasing its locks.
+    /// Transactions wait on the payment gateway (payment service) and on publish acks (outbox
+    /// relay), so this must exceed both; the payment service checks. At least 1ms.
+    #[arg(long, env = "DB_IDLE_IN_TRANSACTION_TIMEOUT", default_value = "60s", value_parser = parse_database_timeout)]
+    pub db_idle_in_transaction_timeout: Duration,
 
     /// Address the HTTP API listens on [default: 127.0.0.1:<8080..8084 by service>].
     #[arg(long, env = "HTTP_ADDR")]
@@ -106,6 +132,18 @@ pub struct Settings {
     /// outbox relay has a publish ack for an event of this type, before deleting its row.
     #[arg(long, env = "FAULT_CRASH_AFTER_PUBLISH_ACK", hide = true)]
     pub fault_crash_after_publish_ack: Option<String>,
+
+    /// Requests a second each client address may send to the API on average (0: no limit).
+    #[arg(long, env = "RATE_LIMIT_PER_SECOND", default_value_t = 100)]
+    pub rate_limit_per_second: u32,
+
+    /// Requests a client may send at once before the average rate applies.
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 200)]
+    pub rate_limit_burst: u32,
+
+    /// How callers authenticate.
+    #[command(flatten)]
+    pub auth: AuthSettings,
 }
 
 /// Settings that are each valid but wrong together.
@@ -151,9 +189,29 @@ impl Settings {
 
     /// This service's database URL, defaulting to a database named after the service.
     pub fn database_url(&self, identity: &Identity) -> String {
-        self.database_url
-            .clone()
-            .unwrap_or_else(|| format!("postgres://postgres@127.0.0.1:5432/{}", identity.name))
+        self.database_url.as_ref().map_or_else(
+            || format!("postgres://postgres@127.0.0.1:5432/{}", identity.name),
+            |url| url.expose().to_owned(),
+        )
+    }
+
+    /// The owner role's URL, which migrates: DATABASE_URL unless set.
+    pub fn database_migration_url(&self, identity: &Identity) -> String {
+        self.database_migration_url.as_ref().map_or_else(
+            || self.database_url(identity),
+            |url| url.expose().to_owned(),
+        )
+    }
+
+    /// Everything [`crate::database::connect_and_migrate`] needs.
+    pub fn database(&self, identity: &Identity) -> DatabaseOptions {
+        DatabaseOptions {
+            url: self.database_url(identity),
+            migration_url: self.database_migration_url(identity),
+            max_connections: self.db_max_connections,
+            statement_timeout: self.db_statement_timeout,
+            idle_in_transaction_timeout: self.db_idle_in_transaction_timeout,
+        }
     }
 
     /// This service's HTTP address, defaulting to its port on loopback.
@@ -177,6 +235,23 @@ fn parse_inbox_retention(value: &str) -> Result<Duration, String> {
         ));
     }
     Ok(retention)
+}
+
+/// `DB_STATEMENT_TIMEOUT` and `DB_IDLE_IN_TRANSACTION_TIMEOUT`: Postgres takes whole
+/// milliseconds up to `i32::MAX`, and 0 would turn the timeout off.
+fn parse_database_timeout(value: &str) -> Result<Duration, String> {
+    let timeout = humantime::parse_duration(value).map_err(|error| error.to_string())?;
+    if timeout < Duration::from_millis(1) {
+        return Err("must be at least 1ms (0 would turn the timeout off)".to_owned());
+    }
+    let longest = Duration::from_millis(i32::MAX.unsigned_abs().into());
+    if timeout > longest {
+        return Err(format!(
+            "must be at most {} (Postgres counts it in milliseconds in an int)",
+            humantime::format_duration(longest)
+        ));
+    }
+    Ok(timeout)
 }
 
 /// `INBOX_PRUNE_INTERVAL`: a duration more than zero.
@@ -250,6 +325,74 @@ mod tests {
     #[test]
     fn a_zero_prune_interval_is_refused() {
         assert!(Settings::try_parse_from(["x", "--inbox-prune-interval", "0s"]).is_err());
+    }
+
+    #[test]
+    fn one_database_url_serves_migrations_and_run_time_by_default() {
+        let database = Settings::parse_from(["order-service"]).database(&IDENTITY);
+        assert_eq!(database.url, "postgres://postgres@127.0.0.1:5432/order");
+        assert_eq!(database.migration_url, database.url);
+        assert_eq!(
+            database.statement_timeout,
+            crate::database::DEFAULT_STATEMENT_TIMEOUT
+        );
+        assert_eq!(
+            database.idle_in_transaction_timeout,
+            crate::database::DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT
+        );
+        assert_eq!(
+            database,
+            crate::database::DatabaseOptions::new(&database.url, 10)
+        );
+    }
+
+    #[test]
+    fn migrations_run_as_the_owner_role_when_it_has_a_url_of_its_own() {
+        let settings = Settings::parse_from([
+            "order-service",
+            "--database-url",
+            "postgres://order_app:app-secret@db/order",
+            "--database-migration-url",
+            "postgres://order_owner:owner-secret@db/order",
+            "--db-statement-timeout",
+            "5s",
+            "--db-idle-in-transaction-timeout",
+            "2m",
+        ]);
+        let database = settings.database(&IDENTITY);
+        assert_eq!(database.url, "postgres://order_app:app-secret@db/order");
+        assert_eq!(
+            database.migration_url,
+            "postgres://order_owner:owner-secret@db/order"
+        );
+        assert_eq!(database.statement_timeout, Duration::from_secs(5));
+        assert_eq!(
+            database.idle_in_transaction_timeout,
+            Duration::from_secs(120)
+        );
+        let printed = format!("{settings:?}");
+        assert!(
+            !printed.contains("app-secret") && !printed.contains("owner-secret"),
+            "{printed}"
+        );
+    }
+
+    #[test]
+    fn a_database_timeout_must_be_one_postgres_can_set() {
+        for flag in ["--db-statement-timeout", "--db-idle-in-transaction-timeout"] {
+            for refused in ["0s", "999us", "25days", "soon"] {
+                assert!(
+                    Settings::try_parse_from(["x", flag, refused]).is_err(),
+                    "{flag} {refused} was accepted"
+                );
+            }
+            let error = Settings::try_parse_from(["x", flag, "0s"])
+                .expect_err("zero was accepted")
+                .to_string();
+            assert!(error.contains("would turn the timeout off"), "{error}");
+            assert!(Settings::try_parse_from(["x", flag, "1ms"]).is_ok());
+            assert!(Settings::try_parse_from(["x", flag, "24days"]).is_ok());
+        }
     }
 
     #[test]

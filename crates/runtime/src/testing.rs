@@ -42,7 +42,8 @@ impl ScratchDatabase {
     pub async fn create(service: &str, migrations: &Migrator) -> ScratchDatabase {
         let name = format!("scratch_{service}_{}", Uuid::now_v7().simple());
         let url = format!("{}/{name}", server_url());
-        let pool = crate::database::connect_and_migrate(&url, 4, migrations)
+        let options = crate::database::DatabaseOptions::new(&url, 4);
+        let pool = crate::database::connect_and_migrate(&options, migrations)
             .await
             .expect("failed to create the scratch database");
         ScratchDatabase { pool, name }
@@ -170,10 +171,14 @@ pub async fn deliver_concurrently<H: Handler>(
     outcomes
 }
 
-/// Hands `request` to `router`, as the server would, and reads the answer's body.
+/// Hands `request` to `router`, as the server would, and reads the answer's body. Callers
+/// are unverified (`INSECURE_DEV_AUTH`) unless the router installs an authenticator itself.
 pub async fn send(router: impl Into<Router>, request: Request<Body>) -> (StatusCode, Bytes) {
     let response = router
         .into()
+        .layer(axum::Extension(std::sync::Arc::new(
+            crate::auth::Authenticator::insecure(),
+        )))
         .oneshot(request)
         .await
         .expect("routers never fail");
@@ -191,4 +196,60 @@ pub async fn call(router: impl Into<Router>, request: Request<Body>) -> (StatusC
         status,
         serde_json::from_slice(&body).expect("the body is not JSON"),
     )
+}
+
+/// The issuer of the tokens [`token`] signs and [`verifying_tokens`] accepts.
+pub const TOKEN_ISSUER: &str = "https://issuer.test";
+/// Their audience.
+pub const TOKEN_AUDIENCE: &str = "orders";
+const TOKEN_SECRET: &[u8] = b"the secret the services' tests sign tokens with";
+
+/// A bearer token for `subject` holding `roles`, valid for five minutes.
+pub fn token(subject: &str, roles: &[&str]) -> String {
+    sign(subject, roles, jsonwebtoken::get_current_timestamp() + 300)
+}
+
+/// A token for `subject`, signed right but an hour past its expiry.
+pub fn expired_token(subject: &str) -> String {
+    sign(subject, &[], jsonwebtoken::get_current_timestamp() - 3600)
+}
+
+fn sign(subject: &str, roles: &[&str], expires_at: u64) -> String {
+    let claims = serde_json::json!({
+        "sub": subject,
+        "iss": TOKEN_ISSUER,
+        "aud": TOKEN_AUDIENCE,
+        "exp": expires_at,
+        "roles": roles,
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(TOKEN_SECRET),
+    )
+    .expect("HS256 signing cannot fail")
+}
+
+/// `router` verifying the tokens [`token`] signs, instead of letting every caller in.
+pub fn verifying_tokens(router: impl Into<Router>) -> Router {
+    router.into().layer(axum::Extension(std::sync::Arc::new(
+        crate::auth::Authenticator::shared_secret(TOKEN_SECRET, TOKEN_ISSUER, TOKEN_AUDIENCE),
+    )))
+}
+
+/// `GET uri` on `router` verifying tokens, bearing `token` if there is one.
+pub async fn get_with_token(
+    router: impl Into<Router>,
+    uri: &str,
+    token: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut request = Request::get(uri);
+    if let Some(token) = token {
+        request = request.header(axum::http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    call(
+        verifying_tokens(router),
+        request.body(Body::empty()).expect("a valid request"),
+    )
+    .await
 }

@@ -7,6 +7,7 @@ use std::io::Write;
 use anyhow::Context as _;
 use async_nats::jetstream;
 use clap::{Parser, Subcommand};
+use runtime::jetstream::NatsAuth;
 
 use crate::dead_letters::{self, DeadLetter, Selection};
 use crate::{advisories, audit, connect, render};
@@ -24,6 +25,11 @@ pub struct Cli {
         global = true
     )]
     pub nats_url: String,
+
+    /// Who sagactl is to NATS: the `admin` user of deploy/nats/users.conf (it reads every
+    /// stream and deletes redriven letters, which no service may).
+    #[command(flatten)]
+    pub nats_auth: NatsAuth,
 
     #[command(subcommand)]
     pub command: Command,
@@ -44,6 +50,33 @@ pub enum Command {
         /// One JSON object per line instead of text.
         #[arg(long)]
         json: bool,
+    },
+
+    /// Prints a bearer token signed with a shared HS256 secret, for trying the API of a
+    /// system configured with AUTH_JWT_SECRET_FILE (needs no NATS).
+    Token {
+        /// The customer the token names (`sub`).
+        subject: String,
+
+        /// Grant the admin role as well.
+        #[arg(long)]
+        admin: bool,
+
+        /// The file holding the secret, as the services read it.
+        #[arg(long, env = "AUTH_JWT_SECRET_FILE")]
+        secret_file: std::path::PathBuf,
+
+        /// The `iss` the services expect.
+        #[arg(long, env = "AUTH_JWT_ISSUER")]
+        issuer: String,
+
+        /// The `aud` the services expect.
+        #[arg(long, env = "AUTH_JWT_AUDIENCE")]
+        audience: String,
+
+        /// How long the token is valid.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        valid_for: std::time::Duration,
     },
 }
 
@@ -106,22 +139,46 @@ pub enum DlqCommand {
 /// Connects to NATS and runs the command, writing its report to `out`. Fails if anything it
 /// was asked to do was not done (after doing all the rest).
 pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
-    let jetstream = connect(&cli.nats_url).await?;
+    let nats = || connect(&cli.nats_url, &cli.nats_auth);
     match cli.command {
         Command::Dlq(DlqCommand::Show {
             limit,
             consumer,
             json,
-        }) => show(&jetstream, Selection { consumer, limit }, json, out).await,
+        }) => show(&nats().await?, Selection { consumer, limit }, json, out).await,
         Command::Dlq(DlqCommand::Redrive {
             sequences,
             all,
             consumer,
-        }) => redrive(&jetstream, sequences, all, consumer, out).await,
+        }) => redrive(&nats().await?, sequences, all, consumer, out).await,
         Command::Dlq(DlqCommand::Advisories { limit, json }) => {
-            list_advisories(&jetstream, limit, json, out).await
+            list_advisories(&nats().await?, limit, json, out).await
         }
-        Command::Audit { order_id, json } => audit(&jetstream, order_id, json, out).await,
+        Command::Audit { order_id, json } => audit(&nats().await?, order_id, json, out).await,
+        Command::Token {
+            subject,
+            admin,
+            secret_file,
+            issuer,
+            audience,
+            valid_for,
+        } => {
+            let secret = std::fs::read(&secret_file)
+                .with_context(|| format!("failed to read {}", secret_file.display()))?;
+            let roles: &[&str] = if admin { &["admin"] } else { &[] };
+            let token = crate::token::sign(
+                secret.trim_ascii_end(),
+                &crate::token::Claims {
+                    subject: &subject,
+                    issuer: &issuer,
+                    audience: &audience,
+                    roles,
+                    valid_for,
+                },
+            )?;
+            writeln!(out, "{token}")?;
+            Ok(())
+        }
     }
 }
 
@@ -319,5 +376,21 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn the_nats_user_is_a_flag_anywhere_on_the_line_and_needs_its_password() {
+        let cli = parse(&[
+            "dlq",
+            "advisories",
+            "--nats-user",
+            "admin",
+            "--nats-password",
+            "pw",
+        ])
+        .unwrap();
+        assert_eq!(cli.nats_auth.describe(), "user admin");
+        assert!(!format!("{cli:?}").contains("\"pw\""));
+        assert!(parse(&["--nats-user", "admin", "dlq", "show"]).is_err());
     }
 }

@@ -14,12 +14,14 @@ pub mod cli;
 pub mod dead_letters;
 pub mod render;
 mod stored;
+pub mod token;
 
 use std::time::Duration;
 
 use async_nats::jetstream;
 use async_nats::jetstream::context::{GetStreamError, PublishError};
 use async_nats::jetstream::stream::{DeleteMessageError, RawMessageError};
+use runtime::jetstream::NatsAuth;
 use thiserror::Error;
 
 /// How long connecting to NATS may take before the command gives up: an operator's tool
@@ -35,6 +37,8 @@ pub enum Error {
         #[source]
         source: async_nats::ConnectError,
     },
+    #[error("failed to prepare the NATS credentials")]
+    Credentials(#[source] runtime::jetstream::JetStreamError),
     #[error("failed to look up stream {stream}")]
     Stream {
         stream: String,
@@ -77,9 +81,13 @@ pub struct Listing<T> {
     pub stored: u64,
 }
 
-/// Connects to NATS, failing after [`CONNECT_TIMEOUT`] rather than waiting for a server.
-pub async fn connect(url: &str) -> Result<jetstream::Context, Error> {
-    let client = async_nats::ConnectOptions::new()
+/// Connects to NATS as `auth`, failing after [`CONNECT_TIMEOUT`] rather than waiting for a
+/// server.
+pub async fn connect(url: &str, auth: &NatsAuth) -> Result<jetstream::Context, Error> {
+    let client = auth
+        .connect_options()
+        .await
+        .map_err(Error::Credentials)?
         .name("sagactl")
         .connection_timeout(CONNECT_TIMEOUT)
         .connect(url)

@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
+use runtime::auth::Caller;
 use runtime::http::{ApiError, ErrorBody};
 use runtime::openapi::OrderIdPath;
 use serde::Serialize;
@@ -88,18 +89,24 @@ impl From<Shipment> for ShipmentView {
 }
 
 /// Reads an order's shipment.
+///
+/// A customer reads only the shipments of their own orders; another customer's is answered
+/// like an unknown order's.
 #[utoipa::path(
     get,
     path = "/shipments/{order_id}",
     tag = "shipments",
     params(OrderIdPath),
+    security(("bearer" = [])),
     responses(
         (status = 200, description = "The shipment", body = ShipmentView),
-        (status = 404, description = "No shipment for this order (yet)", body = ErrorBody),
+        (status = 404, description = "No shipment for this order (yet), or the order is \
+                                      not the caller's", body = ErrorBody),
     )
 )]
 async fn get_shipment(
     State(pool): State<PgPool>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ShipmentView>, ApiError> {
     let Path(id) =
@@ -107,15 +114,31 @@ async fn get_shipment(
     // Anything but a UUID cannot name an order, so it has no shipment either.
     let order_id = Uuid::parse_str(&id)
         .map_err(|_| ApiError::NotFound(format!("no shipment for order {id}")))?;
-    show_shipment(&pool, order_id).await
+    show_shipment(&pool, &caller, order_id).await
 }
 
 #[tracing::instrument(skip_all, fields(order_id = %order_id))]
-async fn show_shipment(pool: &PgPool, order_id: Uuid) -> Result<Json<ShipmentView>, ApiError> {
-    let shipment = store::find_shipment(pool, order_id)
+async fn show_shipment(
+    pool: &PgPool,
+    caller: &Caller,
+    order_id: Uuid,
+) -> Result<Json<ShipmentView>, ApiError> {
+    // Another customer's shipment is answered exactly like a missing one, so that the answer
+    // does not tell which orders exist.
+    store::find_shipment(pool, order_id)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no shipment for order {order_id}")))?;
-    Ok(Json(ShipmentView::from(shipment)))
+        .filter(|(_, owner)| may_read(caller, owner.as_deref()))
+        .map(|(shipment, _)| Json(ShipmentView::from(shipment)))
+        .ok_or_else(|| ApiError::NotFound(format!("no shipment for order {order_id}")))
+}
+
+/// Whether `caller` may see what belongs to `owner`. An order without a known owner (recorded
+/// before owners were kept) is nobody's: only an admin or an unverified caller may see it.
+fn may_read(caller: &Caller, owner: Option<&str>) -> bool {
+    match owner {
+        Some(owner) => caller.may_access(owner),
+        None => caller.require_admin().is_ok(),
+    }
 }
 
 #[cfg(test)]

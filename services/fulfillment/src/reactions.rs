@@ -33,13 +33,19 @@ impl Handler for Reactions {
     }
 }
 
-/// Remembers where the order ships to. Nothing to publish yet.
+/// Remembers where the order ships to, and for whom. Nothing to publish yet.
 #[tracing::instrument(skip_all, fields(order_id = %placed.order_id))]
 async fn order_placed(
     tx: &mut PgConnection,
     placed: &OrderPlacedV2,
 ) -> Result<Vec<Event>, HandlerError> {
-    store::insert_destination(tx, placed.order_id, &domain::destination_of(placed)).await?;
+    store::insert_destination(
+        tx,
+        placed.order_id,
+        &placed.customer_id,
+        &domain::destination_of(placed),
+    )
+    .await?;
     Ok(vec![])
 }
 

@@ -6,17 +6,20 @@ use uuid::Uuid;
 
 use crate::domain::{Destination, Shipment, ShipmentStatus};
 
-/// Remembers where an order ships to; a destination already known is kept as it is.
+/// Remembers where an order ships to and for which customer; a destination already known is
+/// kept as it is.
 pub async fn insert_destination(
     tx: &mut PgConnection,
     order_id: Uuid,
+    customer_id: &str,
     destination: &Destination,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO destinations (order_id, country, address) VALUES ($1, $2, $3) \
-         ON CONFLICT (order_id) DO NOTHING",
+        "INSERT INTO destinations (order_id, customer_id, country, address) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT (order_id) DO NOTHING",
     )
     .bind(order_id)
+    .bind(customer_id)
     .bind(&destination.country)
     .bind(&destination.address)
     .execute(tx)
@@ -76,9 +79,28 @@ pub async fn load_shipment(
     fetch_shipment(tx, order_id).await
 }
 
-/// The order's shipment decision, for reading.
-pub async fn find_shipment(pool: &PgPool, order_id: Uuid) -> Result<Option<Shipment>, sqlx::Error> {
-    fetch_shipment(pool, order_id).await
+/// The order's shipment decision, for reading, with the customer who placed the order (`None`
+/// for orders recorded before it was kept).
+pub async fn find_shipment(
+    pool: &PgPool,
+    order_id: Uuid,
+) -> Result<Option<(Shipment, Option<String>)>, sqlx::Error> {
+    let row: Option<OwnedShipmentRow> = sqlx::query_as(
+        "SELECT order_id, s.status, s.shipment_id, s.carrier, s.reason, d.customer_id \
+         FROM shipments s JOIN destinations d USING (order_id) WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .fetch_optional(pool)
+    .await?;
+    row.map(|row| Ok((Shipment::try_from(row.shipment)?, row.customer_id)))
+        .transpose()
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct OwnedShipmentRow {
+    #[sqlx(flatten)]
+    shipment: ShipmentRow,
+    customer_id: Option<String>,
 }
 
 #[derive(Debug, sqlx::FromRow)]

@@ -7,6 +7,7 @@ use axum::extract::{Path, State};
 use events::Event;
 use events::inventory::ProductUpdated;
 use events::streams::is_subject_token;
+use runtime::auth::Caller;
 use runtime::http::{ApiError, ErrorBody, JsonBody};
 use runtime::openapi::{SkuPath, trimmed_text};
 use runtime::outbox::Outbox;
@@ -144,16 +145,20 @@ async fn get_product(
         (status = 200, description = "The product as saved", body = Product),
         (status = 409, description = "`on_hand` is below what open orders have reserved",
             body = ErrorBody),
+        (status = 403, description = "The token lacks the admin role", body = ErrorBody),
         (status = 422, description = "The SKU or a field is invalid; `field` names it",
             body = ErrorBody),
-    )
+    ),
+    security(("bearer" = []))
 )]
 #[tracing::instrument(skip_all, fields(sku))]
 async fn put_product(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     JsonBody(request): JsonBody<ProductRequest>,
 ) -> Result<Json<Product>, ApiError> {
+    caller.require_admin()?;
     let Path(sku) = path.map_err(|_| ApiError::invalid("sku", SKU_RULE))?;
     tracing::Span::current().record("sku", sku.as_str());
     validate(&sku, &request)?;

@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use chrono::{DateTime, Utc};
+use runtime::auth::Caller;
 use runtime::http::{ApiError, ErrorBody};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -76,19 +77,24 @@ pub struct NotificationsParams {
 }
 
 /// Lists the notifications sent about an order.
+///
+/// A customer sees only those of their own orders; another customer's order is answered like
+/// an unknown one, with none.
 #[utoipa::path(
     get,
     path = "/notifications",
     tag = "notifications",
     params(NotificationsParams),
+    security(("bearer" = [])),
     responses(
         (status = 200, description = "The notifications, oldest first; none for an unknown \
-                                      order", body = Vec<NotificationView>),
+                                      order or one not the caller's", body = Vec<NotificationView>),
         (status = 400, description = "`order_id` is missing or not a UUID", body = ErrorBody),
     )
 )]
 async fn list_notifications(
     State(pool): State<PgPool>,
+    caller: Caller,
     query: Result<Query<NotificationsQuery>, QueryRejection>,
 ) -> Result<Json<Vec<NotificationView>>, ApiError> {
     let malformed = || ApiError::BadRequest("query parameter order_id must be a UUID".to_owned());
@@ -101,14 +107,23 @@ async fn list_notifications(
             "query parameter order_id must be a UUID, not {id:?}"
         ))
     })?;
-    show_notifications(&pool, order_id).await
+    show_notifications(&pool, &caller, order_id).await
 }
 
 #[tracing::instrument(skip_all, fields(order_id = %order_id))]
 async fn show_notifications(
     pool: &PgPool,
+    caller: &Caller,
     order_id: Uuid,
 ) -> Result<Json<Vec<NotificationView>>, ApiError> {
+    // Another customer's order is answered exactly like an unknown one (no notifications), so
+    // that the answer does not tell which orders exist. An order never heard of has no
+    // contact, and so no notifications to hide.
+    if let Some(owner) = store::customer_of(pool, order_id).await?
+        && !caller.may_access(&owner)
+    {
+        return Ok(Json(Vec::new()));
+    }
     let notifications = store::list(pool, order_id).await?;
     Ok(Json(
         notifications

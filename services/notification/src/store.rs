@@ -77,6 +77,14 @@ pub struct SentNotification {
     pub sent_at: DateTime<Utc>,
 }
 
+/// The customer who placed the order; `None` for an order never heard of.
+pub async fn customer_of(pool: &PgPool, order_id: Uuid) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT customer_id FROM contacts WHERE order_id = $1")
+        .bind(order_id)
+        .fetch_optional(pool)
+        .await
+}
+
 /// The order's notifications, oldest first; none for an order never heard of.
 pub async fn list(pool: &PgPool, order_id: Uuid) -> Result<Vec<SentNotification>, sqlx::Error> {
     let rows: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(

@@ -7,7 +7,8 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use runtime::http::ApiError;
+use runtime::auth::Caller;
+use runtime::http::{ApiError, ErrorBody};
 use sqlx::PgPool;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -122,10 +123,19 @@ pub fn api() -> OpenApiRouter<DashboardState> {
     get,
     path = "/dashboard",
     tag = runtime::openapi::OPERATIONS,
-    responses((status = 200, description = "The page", content_type = "text/html; charset=utf-8",
-        body = String, headers(("Cache-Control" = String, description = "`no-store`"))))
+    responses(
+        (status = 200, description = "The page", content_type = "text/html; charset=utf-8",
+            body = String, headers(("Cache-Control" = String, description = "`no-store`"))),
+        (status = 403, description = "The token lacks the admin role", body = ErrorBody),
+    ),
+    security(("bearer" = []))
 )]
-async fn dashboard(State(state): State<DashboardState>) -> Result<Response, ApiError> {
+async fn dashboard(
+    State(state): State<DashboardState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    // Every customer's orders, in aggregate and by trace: an operator's page.
+    caller.require_admin()?;
     let overview = read_overview(&state.pool).await?;
     let page = render(&overview, &state.trace_ui_url);
     // Every reload must show fresh figures, never a cached page.

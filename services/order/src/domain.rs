@@ -325,7 +325,10 @@ fn finish_cancelling(saga: Saga) -> Step {
     "shipping": {"country": "NL", "address": "Damrak 1, Amsterdam"},
 }))]
 pub struct OrderRequest {
-    #[schema(schema_with = customer_id_schema)]
+    /// With a bearer token the customer is the token's subject, and this may be left out
+    /// (if given, it must be the same); with `INSECURE_DEV_AUTH` it is required.
+    #[serde(default)]
+    #[schema(schema_with = customer_id_schema, required = false)]
     pub customer_id: String,
     #[schema(schema_with = email_schema)]
     pub email: String,
@@ -355,7 +358,13 @@ pub struct ShippingRequest {
 // What `validate` accepts, field by field, as JSON Schema for the API document.
 
 fn customer_id_schema() -> Object {
-    non_blank_text(MAX_CUSTOMER_ID_CHARS)
+    let mut schema = non_blank_text(MAX_CUSTOMER_ID_CHARS);
+    schema.description = Some(
+        "Taken from the bearer token's subject, which it must equal if given; required only \
+         with INSECURE_DEV_AUTH"
+            .to_owned(),
+    );
+    schema
 }
 
 fn payment_method_schema() -> Object {

@@ -9,6 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use events::streams::is_subject_token;
+use runtime::auth::Caller;
 use runtime::http::{ApiError, ErrorBody, JsonBody};
 use runtime::openapi::{OrderIdPath, SkuPath};
 use runtime::outbox::{Cause, Outbox};
@@ -135,20 +136,26 @@ fn idempotency_key_schema() -> Object {
         (status = 202, description = "Placed (or, for a repeated `Idempotency-Key`, placed \
                                       before); the saga runs on", body = OrderAccepted,
             headers(("Location" = String, description = "`/orders/{order_id}`"))),
+        (status = 403, description = "`customer_id` names another customer than the token",
+            body = ErrorBody),
         (status = 422, description = "A field is invalid, a SKU unknown, or the \
                                       `Idempotency-Key` was used with another body; `field` \
                                       names it", body = ErrorBody),
-    )
+    ),
+    security(("bearer" = []))
 )]
 #[tracing::instrument(skip_all, fields(order.id))]
 async fn place_order(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
     let idempotency_key = idempotency_key(&headers)?;
-    let request: OrderRequest = serde_path_to_error::deserialize(body.clone())
+    let mut request: OrderRequest = serde_path_to_error::deserialize(body.clone())
         .map_err(|error| ApiError::invalid(field_of(&error), error.inner().to_string()))?;
+    let claimed = Some(request.customer_id.as_str()).filter(|claimed| !claimed.is_empty());
+    request.customer_id = caller.customer_for(claimed)?;
     domain::validate(&request)?;
     // The body is kept with its key as JSONB, which cannot hold NUL even in a field this
     // service ignores.
@@ -162,7 +169,10 @@ async fn place_order(
     tracing::Span::current().record("order.id", tracing::field::display(order_id));
     let mut tx = state.pool.begin().await?;
     if let Some(key) = &idempotency_key {
-        match store::claim_idempotency_key(&mut tx, key, &body, order_id).await? {
+        // Keys are the customer's own: another customer's identical key is another request.
+        match store::claim_idempotency_key(&mut tx, &request.customer_id, key, &body, order_id)
+            .await?
+        {
             KeyClaim::Claimed => {}
             KeyClaim::Replay(existing) => {
                 drop(tx);
@@ -276,11 +286,13 @@ fn field_of(error: &serde_path_to_error::Error<serde_json::Error>) -> String {
     params(OrderIdPath),
     responses(
         (status = 200, description = "The order", body = OrderView),
-        (status = 404, description = "No order has this id", body = ErrorBody),
-    )
+        (status = 404, description = "No order of the caller's has this id", body = ErrorBody),
+    ),
+    security(("bearer" = []))
 )]
 async fn get_order(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<OrderView>, ApiError> {
     let Path(order_id) = path.map_err(|_| no_such_order())?;
@@ -288,6 +300,8 @@ async fn get_order(
     let id = Uuid::parse_str(&order_id).map_err(|_| not_found())?;
     store::order_view(&state.pool, id)
         .await?
+        // Another customer's order answers as if there were none: no hint that it exists.
+        .filter(|order| caller.may_access(&order.customer_id))
         .map(Json)
         .ok_or_else(not_found)
 }
@@ -310,21 +324,28 @@ fn no_such_order() -> ApiError {
     responses(
         (status = 202, description = "Being cancelled", body = OrderAccepted,
             headers(("Location" = String, description = "`/orders/{order_id}`"))),
-        (status = 404, description = "No order has this id", body = ErrorBody),
+        (status = 404, description = "No order of the caller's has this id", body = ErrorBody),
         (status = 409, description = "The order is already completed, rejected or cancelled",
             body = ErrorBody),
-    )
+    ),
+    security(("bearer" = []))
 )]
 #[tracing::instrument(skip_all, fields(order.id))]
 async fn cancel_order(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(order_id) = path.map_err(|_| no_such_order())?;
     tracing::Span::current().record("order.id", order_id.as_str());
-    let id = Uuid::parse_str(&order_id)
-        .map_err(|_| ApiError::NotFound(format!("no order with id {order_id:?}")))?;
+    let not_found = || ApiError::NotFound(format!("no order with id {order_id:?}"));
+    let id = Uuid::parse_str(&order_id).map_err(|_| not_found())?;
     let mut tx = state.pool.begin().await?;
+    // An order's customer never changes, so checking before cancelling is no race.
+    match store::order_customer(&mut tx, id).await? {
+        Some(owner) if caller.may_access(&owner) => {}
+        _ => return Err(not_found()),
+    }
     let status = cancellation::cancel(&mut tx, &state.outbox, id, Cancellation::CustomerRequest)
         .await
         .map_err(|error| match error {

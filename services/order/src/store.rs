@@ -250,14 +250,16 @@ pub enum KeyClaim {
 /// for this transaction, then sees the key as used.
 pub async fn claim_idempotency_key(
     tx: &mut PgConnection,
+    customer_id: &str,
     key: &str,
     request: &serde_json::Value,
     order_id: Uuid,
 ) -> Result<KeyClaim, sqlx::Error> {
     let inserted = sqlx::query(
-        "INSERT INTO idempotency_keys (key, request, order_id) VALUES ($1, $2, $3) \
-         ON CONFLICT (key) DO NOTHING",
+        "INSERT INTO idempotency_keys (customer_id, key, request, order_id) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT (customer_id, key) DO NOTHING",
     )
+    .bind(customer_id)
     .bind(key)
     .bind(Json(request))
     .bind(order_id)
@@ -266,17 +268,33 @@ pub async fn claim_idempotency_key(
     if inserted.rows_affected() == 1 {
         return Ok(KeyClaim::Claimed);
     }
-    let (existing, same): (Uuid, bool) =
-        sqlx::query_as("SELECT order_id, request = $2 FROM idempotency_keys WHERE key = $1")
-            .bind(key)
-            .bind(Json(request))
-            .fetch_one(&mut *tx)
-            .await?;
+    let (existing, same): (Uuid, bool) = sqlx::query_as(
+        "SELECT order_id, request = $3 FROM idempotency_keys \
+         WHERE customer_id = $1 AND key = $2",
+    )
+    .bind(customer_id)
+    .bind(key)
+    .bind(Json(request))
+    .fetch_one(&mut *tx)
+    .await?;
     Ok(if same {
         KeyClaim::Replay(existing)
     } else {
         KeyClaim::Mismatch
     })
+}
+
+/// The customer an order belongs to, if it exists.
+pub async fn order_customer(
+    tx: &mut PgConnection,
+    order_id: Uuid,
+) -> Result<Option<String>, sqlx::Error> {
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT customer_id FROM orders WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    Ok(row.map(|(customer_id,)| customer_id))
 }
 
 pub async fn order_status(pool: &PgPool, order_id: Uuid) -> Result<Option<String>, sqlx::Error> {

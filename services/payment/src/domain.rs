@@ -48,6 +48,9 @@ pub struct Payment {
     pub currency: String,
     /// The customer's payment token: handed to the gateway, never logged.
     pub payment_method: String,
+    /// The customer who placed the order: the only one (besides an admin) who may read the
+    /// payment. `None` for payments recorded before it was kept.
+    pub customer_id: Option<String>,
     pub status: PaymentStatus,
 }
 
@@ -81,6 +84,7 @@ pub fn payment_for(placed: &OrderPlacedV2) -> Result<Payment, Rejection> {
         amount_cents: placed.total_cents,
         currency: placed.currency.clone(),
         payment_method: placed.payment_method.clone(),
+        customer_id: Some(placed.customer_id.clone()),
         status: PaymentStatus::Pending,
     })
 }
@@ -262,6 +266,7 @@ mod tests {
             amount_cents: 2500,
             currency: "EUR".into(),
             payment_method: "tok_ok".into(),
+            customer_id: Some("c-1".into()),
             status,
         }
     }

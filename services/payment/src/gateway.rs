@@ -34,6 +34,11 @@ pub enum GatewayError {
     Refused { status: u16, body: String },
 }
 
+/// The delay before the first retry of a call; each later one doubles, up to
+/// [`RETRY_MAX_DELAY`], and jitter adds up to as much again.
+const RETRY_MIN_DELAY: Duration = Duration::from_millis(100);
+const RETRY_MAX_DELAY: Duration = Duration::from_secs(60);
+
 /// How the client talks to the gateway.
 #[derive(Debug, Clone)]
 pub struct GatewayOptions {
@@ -43,6 +48,24 @@ pub struct GatewayOptions {
     pub attempts: usize,
     pub breaker_failures: u32,
     pub breaker_open_for: Duration,
+}
+
+impl GatewayOptions {
+    /// The longest one call can take: every attempt running into the timeout, with the
+    /// longest backoff between them. The reaction that calls holds its transaction open that
+    /// long, so the database must not end idle transactions sooner.
+    pub fn longest_call(&self) -> Duration {
+        let attempts = self.attempts.max(1);
+        let mut longest = self
+            .timeout
+            .saturating_mul(u32::try_from(attempts).unwrap_or(u32::MAX));
+        let mut delay = RETRY_MIN_DELAY;
+        for _ in 1..attempts {
+            longest = longest.saturating_add(delay.saturating_mul(2));
+            delay = delay.saturating_mul(2).min(RETRY_MAX_DELAY);
+        }
+        longest
+    }
 }
 
 /// The payment gateway, over HTTP.
@@ -137,7 +160,8 @@ impl Gateway {
         (|| self.call_once(path, &body))
             .retry(
                 ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(100))
+                    .with_min_delay(RETRY_MIN_DELAY)
+                    .with_max_delay(RETRY_MAX_DELAY)
                     .with_max_times(self.attempts - 1)
                     .with_jitter(),
             )

@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
+use runtime::auth::Caller;
 use runtime::http::{ApiError, ErrorBody};
 use runtime::openapi::OrderIdPath;
 use serde::Serialize;
@@ -75,18 +76,24 @@ impl From<&Payment> for PaymentView {
 }
 
 /// Reads an order's payment.
+///
+/// A customer reads only the payments of their own orders; another customer's is answered
+/// like an unknown order's.
 #[utoipa::path(
     get,
     path = "/payments/{order_id}",
     tag = "payments",
     params(OrderIdPath),
+    security(("bearer" = [])),
     responses(
         (status = 200, description = "The payment", body = PaymentView),
-        (status = 404, description = "No payment for this order (yet)", body = ErrorBody),
+        (status = 404, description = "No payment for this order (yet), or the order is \
+                                      not the caller's", body = ErrorBody),
     )
 )]
 async fn get_payment(
     State(pool): State<PgPool>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<PaymentView>, ApiError> {
     let Path(id) =
@@ -94,15 +101,32 @@ async fn get_payment(
     // Anything but a UUID cannot name an order, so it has no payment either.
     let order_id = Uuid::parse_str(&id)
         .map_err(|_| ApiError::NotFound(format!("no payment for order {id}")))?;
-    show_payment(&pool, order_id).await
+    show_payment(&pool, &caller, order_id).await
 }
 
 #[tracing::instrument(skip_all, fields(order_id = %order_id))]
-async fn show_payment(pool: &PgPool, order_id: Uuid) -> Result<Json<PaymentView>, ApiError> {
-    let payment = store::find(pool, order_id)
+async fn show_payment(
+    pool: &PgPool,
+    caller: &Caller,
+    order_id: Uuid,
+) -> Result<Json<PaymentView>, ApiError> {
+    // Another customer's payment is answered exactly like a missing one, so that the answer
+    // does not tell which orders exist.
+    store::find(pool, order_id)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no payment for order {order_id}")))?;
-    Ok(Json(PaymentView::from(&payment)))
+        .filter(|payment| may_read(caller, payment.customer_id.as_deref()))
+        .map(|payment| Json(PaymentView::from(&payment)))
+        .ok_or_else(|| ApiError::NotFound(format!("no payment for order {order_id}")))
+}
+
+/// Whether `caller` may see what belongs to `owner`. A payment without a known owner
+/// (recorded before owners were kept) is nobody's: only an admin or an unverified caller may
+/// see it.
+fn may_read(caller: &Caller, owner: Option<&str>) -> bool {
+    match owner {
+        Some(owner) => caller.may_access(owner),
+        None => caller.require_admin().is_ok(),
+    }
 }
 
 #[cfg(test)]

@@ -67,6 +67,23 @@ pub struct Config {
 }
 
 impl Config {
+    /// Checks what parsing each setting alone cannot: a reaction holds its transaction open
+    /// across a gateway call, so Postgres must not end idle transactions before the longest
+    /// call is over (it would roll back the reaction and cut the connection every time).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let idle = self.runtime.db_idle_in_transaction_timeout;
+        let longest_call = self.gateway().longest_call();
+        anyhow::ensure!(
+            idle > longest_call,
+            "DB_IDLE_IN_TRANSACTION_TIMEOUT ({}) must exceed the longest payment gateway call \
+             ({}: PAYMENT_GATEWAY_ATTEMPTS × PAYMENT_GATEWAY_TIMEOUT and the backoff between \
+             them), because the payment is charged inside its transaction",
+            humantime::format_duration(idle),
+            humantime::format_duration(longest_call),
+        );
+        Ok(())
+    }
+
     pub fn gateway(&self) -> GatewayOptions {
         GatewayOptions {
             url: self.gateway_url.clone(),
@@ -86,6 +103,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// Connects the database (creating and migrating it) and NATS, creates the streams and binds
 /// the HTTP listener. Run the result with [`Service::run_until_stopped`].
 pub async fn build(config: Config) -> anyhow::Result<Service<Reactions>> {
+    config.validate()?;
     let gateway = Gateway::new(&config.gateway()).context("failed to set up the gateway client")?;
     let platform = Platform::connect(IDENTITY, config.runtime, &MIGRATIONS).await?;
     let routes = http::routes(platform.pool.clone());
@@ -100,4 +118,39 @@ pub async fn build(config: Config) -> anyhow::Result<Service<Reactions>> {
         },
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_idle_transaction_timeout_outlasts_the_longest_gateway_call() {
+        let config = Config::parse_from(["payment-service"]);
+        // 3 attempts of 2 s, and at most 0.2 s + 0.4 s of backoff between them.
+        assert_eq!(
+            config.gateway().longest_call(),
+            Duration::from_millis(6_600)
+        );
+        config.validate().expect("the defaults are valid");
+    }
+
+    #[test]
+    fn an_idle_transaction_timeout_shorter_than_a_gateway_call_is_refused() {
+        let config = Config::parse_from([
+            "payment-service",
+            "--gateway-timeout",
+            "30s",
+            "--db-idle-in-transaction-timeout",
+            "1m",
+        ]);
+        let error = config.validate().expect_err("the timeout was accepted");
+        assert!(
+            error.to_string().starts_with(
+                "DB_IDLE_IN_TRANSACTION_TIMEOUT (1m) must exceed the longest payment gateway \
+                 call (1m 30s 600ms"
+            ),
+            "{error}"
+        );
+    }
 }

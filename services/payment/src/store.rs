@@ -12,6 +12,7 @@ struct PaymentRow {
     amount_cents: i64,
     currency: String,
     payment_method: String,
+    customer_id: Option<String>,
     status: String,
     authorization_id: Option<String>,
     decline_reason: Option<String>,
@@ -49,29 +50,32 @@ impl TryFrom<PaymentRow> for Payment {
             amount_cents: row.amount_cents,
             currency: row.currency,
             payment_method: row.payment_method,
+            customer_id: row.customer_id,
             status,
         })
     }
 }
 
-const SELECT_PAYMENT: &str = "SELECT order_id, amount_cents, currency, payment_method, status, \
-     authorization_id, decline_reason FROM payments WHERE order_id = $1";
-const SELECT_PAYMENT_FOR_UPDATE: &str = "SELECT order_id, amount_cents, currency, payment_method, status, \
-     authorization_id, decline_reason FROM payments WHERE order_id = $1 FOR UPDATE";
+const SELECT_PAYMENT: &str = "SELECT order_id, amount_cents, currency, payment_method, \
+     customer_id, status, authorization_id, decline_reason FROM payments WHERE order_id = $1";
+const SELECT_PAYMENT_FOR_UPDATE: &str = "SELECT order_id, amount_cents, currency, payment_method, \
+     customer_id, status, authorization_id, decline_reason FROM payments WHERE order_id = $1 \
+     FOR UPDATE";
 
 /// Records a new payment; a payment already recorded for the order is kept as it is.
 pub async fn insert(tx: &mut PgConnection, payment: &Payment) -> Result<(), sqlx::Error> {
     let (authorization_id, decline_reason) = gateway_facts(&payment.status);
     sqlx::query(
         "INSERT INTO payments \
-         (order_id, amount_cents, currency, payment_method, status, authorization_id, \
-          decline_reason, refunded_cents) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (order_id) DO NOTHING",
+         (order_id, amount_cents, currency, payment_method, customer_id, status, \
+          authorization_id, decline_reason, refunded_cents) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (order_id) DO NOTHING",
     )
     .bind(payment.order_id)
     .bind(payment.amount_cents)
     .bind(&payment.currency)
     .bind(&payment.payment_method)
+    .bind(&payment.customer_id)
     .bind(payment.status.as_str())
     .bind(authorization_id)
     .bind(decline_reason)

@@ -8,6 +8,7 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
+use e2e::nats_server::ADMIN_USER;
 use e2e::system::{Service, System, SystemOptions};
 
 #[tokio::main]
@@ -26,6 +27,8 @@ async fn main() -> ExitCode {
     options.order_url = system.base_url(Service::Order);
     options.inventory_url = system.base_url(Service::Inventory);
     options.nats_url = system.nats_url();
+    options.nats_user = Some(ADMIN_USER.to_owned());
+    options.nats_password = Some(system.nats_users().password(ADMIN_USER).to_owned().into());
     let outcome = bench::run(options).await;
     if let Err(error) = system.shutdown().await {
         eprintln!("bench: the system did not shut down cleanly: {error:#}");

@@ -17,6 +17,7 @@ use e2e::api::{
     COUNTRY_UNSERVED, HistoryEntry, OrderRequest, OrderView, PAYMENT_DECLINED, Product,
 };
 use e2e::invariants::expected_notification_kinds;
+use e2e::nats_server::ADMIN_USER;
 use e2e::polling::{Check, SAGA_TIMEOUT, wait_for};
 use e2e::system::{Service, System, SystemOptions};
 use tokio::time::Instant;
@@ -143,6 +144,11 @@ fn describe_system(system: &System) {
         "nats-server",
         system.nats_url(),
         system.nats_log_path().display()
+    );
+    println!(
+        "{:<14}NATS_USER={ADMIN_USER} NATS_PASSWORD={}   (for sagactl; made up for this run)",
+        "",
+        system.nats_users().password(ADMIN_USER)
     );
     for service in Service::ALL {
         println!(

@@ -15,7 +15,11 @@ async fn an_orders_history_is_rebuilt_from_the_streams() -> anyhow::Result<()> {
     system
         .put_product_and_wait_catalogue("AUDIT-MUG", "Mug", 900, 10)
         .await?;
-    let jetstream = sagactl::connect(&system.nats_url()).await?;
+    let jetstream = sagactl::connect(
+        &system.nats_url(),
+        &system.nats_users().auth(e2e::nats_server::ADMIN_USER),
+    )
+    .await?;
 
     let paths = [
         (

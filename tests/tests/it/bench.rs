@@ -3,6 +3,7 @@
 //! machine's bound and writes its report and plot.
 
 use anyhow::{Context as _, ensure};
+use e2e::nats_server::ADMIN_USER;
 use e2e::system::{Service, System, SystemOptions};
 
 #[tokio::test]
@@ -17,6 +18,11 @@ async fn the_bench_measures_sagas_and_the_bound_in_smoke_mode() -> anyhow::Resul
         format!("--order-url={}", system.base_url(Service::Order)),
         format!("--inventory-url={}", system.base_url(Service::Inventory)),
         format!("--nats-url={}", system.nats_url()),
+        format!("--nats-user={ADMIN_USER}"),
+        format!(
+            "--nats-password={}",
+            system.nats_users().password(ADMIN_USER)
+        ),
         format!("--report={}", report_path.display()),
         format!("--plot={}", plot_path.display()),
     ])?;

@@ -210,19 +210,11 @@ async fn wait_history(system: &System, order_id: Uuid, event_type: &str) -> anyh
 async fn postgres_connections_cut_by_a_proxy() -> anyhow::Result<()> {
     let started = Instant::now();
     let proxy = PostgresProxy::start("127.0.0.1:5432").await?;
-    let prefix = format!("e2e_{}", &Uuid::now_v7().simple().to_string()[24..]);
-    let mut options = SystemOptions {
-        database_prefix: Some(prefix.clone()),
+    // The databases and roles are made on the server itself; the services go through the proxy.
+    let options = SystemOptions {
+        postgres_port_for_services: Some(proxy.port()),
         ..SystemOptions::default()
     };
-    for service in Service::ALL {
-        let url = format!(
-            "postgres://postgres@127.0.0.1:{}/{prefix}_{}",
-            proxy.port(),
-            service.name()
-        );
-        options = options.with_env(service, "DATABASE_URL", &url);
-    }
     let system = stocked_system(options).await?;
     let (_customer, placing) = start_burst(&system, Burst::default());
     let cuts = 2;
@@ -250,17 +242,12 @@ async fn postgres_connections_cut_by_a_proxy() -> anyhow::Result<()> {
 async fn postgres_itself_restarted() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut postgres = PostgresServer::start().await?;
-    let prefix = format!("e2e_{}", &Uuid::now_v7().simple().to_string()[24..]);
-    let mut options = SystemOptions {
-        database_prefix: Some(prefix.clone()),
-        // The databases go away with the server's directory.
+    let options = SystemOptions {
+        postgres_url: Some(postgres.url()),
+        // The databases and roles go away with the server's directory.
         drop_databases_at_end: false,
         ..SystemOptions::default()
     };
-    for service in Service::ALL {
-        let url = postgres.database_url(&format!("{prefix}_{}", service.name()));
-        options = options.with_env(service, "DATABASE_URL", &url);
-    }
     let system = stocked_system(options).await?;
     let (_customer, placing) = start_burst(&system, Burst::default());
     let restarts = 2;

@@ -2,12 +2,15 @@
 //! and databases (see the `e2e` library), drives them over HTTP and NATS, and checks terminal
 //! states and the cross-service invariants. Run `cargo build --workspace --bins` first.
 
+mod api_fuzz;
+mod api_security;
 mod audit;
 mod bench;
 mod cancellation;
 mod cluster;
 mod concurrency;
 mod crash;
+mod database_roles;
 mod dead_letters;
 mod duplicates;
 mod evolution;
@@ -17,6 +20,7 @@ mod hardening;
 mod harness;
 mod idempotency;
 mod metrics;
+mod nats_permissions;
 mod outbox_relay;
 mod projection;
 mod redrive;

@@ -96,7 +96,7 @@ async fn a_projection_added_later_reads_the_whole_history_then_keeps_up() -> any
     sqlx::query("CREATE TABLE outcomes (outcome TEXT PRIMARY KEY, orders BIGINT NOT NULL)")
         .execute(&database.pool)
         .await?;
-    let jetstream = async_nats::jetstream::new(async_nats::connect(system.nats_url()).await?);
+    let jetstream = system.jetstream().await?;
     let consumer = Consumer {
         name: "analytics-order".to_owned(),
         subscription: Subscription {

@@ -26,7 +26,7 @@ async fn sagactl(system: &System, args: &[&str]) -> Result<Output> {
     let binary = service_binary_directory()?.join("sagactl");
     tokio::process::Command::new(&binary)
         .args(args)
-        .env("NATS_URL", system.nats_url())
+        .envs(system.admin_nats_environment())
         .output()
         .await
         .with_context(|| format!("failed to run {}", binary.display()))

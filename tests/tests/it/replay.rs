@@ -21,8 +21,8 @@ pub(crate) async fn rebuild(
     let binary = service_binary_directory()?.join(service.binary_name());
     let output = tokio::process::Command::new(&binary)
         .arg(command)
-        .env("DATABASE_URL", database_url(system.database_name(service)))
-        .env("NATS_URL", system.nats_url())
+        .envs(system.database_environment(service)?)
+        .envs(system.nats_environment(service.name()))
         .env("LOG_FORMAT", "pretty")
         .stdin(Stdio::null())
         .output()

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use e2e::databases;
-use e2e::nats_server::NatsServer;
+use e2e::nats_server::{NatsServer, NatsUsers};
 use e2e::polling::{Check, wait_for};
 use e2e::ports::free_port;
 use e2e::system::service_binary_directory;
@@ -14,16 +14,19 @@ use uuid::Uuid;
 
 #[tokio::test]
 async fn a_service_started_before_nats_becomes_ready_when_nats_comes_up() -> anyhow::Result<()> {
-    let mut nats = NatsServer::start().await?;
+    let users = NatsUsers::generate();
+    let mut nats = NatsServer::start_with_users(users.clone()).await?;
     nats.stop();
 
     let database = format!("e2e_{}_startup", Uuid::now_v7().simple());
     let http_port = free_port()?;
     let mut service = Command::new(service_binary_directory()?.join("inventory-service"))
         .env("NATS_URL", nats.url())
+        .envs(users.client_environment("inventory"))
         .env("DATABASE_URL", databases::database_url(&database))
         .env("HTTP_ADDR", format!("127.0.0.1:{http_port}"))
         .env("DB_MAX_CONNECTIONS", "2")
+        .env("INSECURE_DEV_AUTH", "1")
         .env("LOG_FORMAT", "pretty")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -43,7 +43,7 @@ async fn a_paid_order_is_scheduled_once_however_often_the_payment_arrives() {
     };
     assert_eq!(carrier, "PostNL");
     assert_eq!(again, vec![]);
-    let shipment = store::find_shipment(&database.pool, order_id)
+    let (shipment, customer_id) = store::find_shipment(&database.pool, order_id)
         .await
         .unwrap()
         .unwrap();
@@ -54,6 +54,7 @@ async fn a_paid_order_is_scheduled_once_however_often_the_payment_arrives() {
             carrier: "PostNL".to_owned()
         }
     );
+    assert_eq!(customer_id.as_deref(), Some("c-1"));
 }
 
 #[tokio::test]

@@ -1,8 +1,8 @@
-//! `GET /notifications?order_id=` against a real database, errors included.
+//! `GET /notifications?order_id=` against a real database, errors and access included.
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use runtime::testing::{self, ScratchDatabase};
+use runtime::testing::{self, ScratchDatabase, token};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -13,6 +13,42 @@ async fn get(database: &ScratchDatabase, uri: &str) -> (StatusCode, Value) {
         .body(Body::empty())
         .expect("a valid request");
     testing::call(notification::http::routes(database.pool.clone()), request).await
+}
+
+/// The customer `harness::order_placed` places its orders for.
+const OWNER: &str = "c-1";
+
+/// `GET uri` on a service that verifies tokens, bearing `token` if there is one.
+async fn get_with_token(
+    database: &ScratchDatabase,
+    uri: &str,
+    token: Option<&str>,
+) -> (StatusCode, Value) {
+    testing::get_with_token(
+        notification::http::routes(database.pool.clone()),
+        uri,
+        token,
+    )
+    .await
+}
+
+/// An order placed by [`OWNER`], with the notification that it was placed.
+async fn placed_order(database: &ScratchDatabase) -> Uuid {
+    let order_id = Uuid::now_v7();
+    deliver(&database.pool, order_placed(order_id, "c1@example.com"))
+        .await
+        .expect("the event is handled");
+    order_id
+}
+
+/// The kinds of the notifications in a listing.
+fn kinds(listing: &Value) -> Vec<&str> {
+    listing
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|notification| notification["kind"].as_str().expect("a kind"))
+        .collect()
 }
 
 #[tokio::test]
@@ -80,4 +116,76 @@ async fn a_missing_or_malformed_order_id_is_a_json_error_naming_it() {
             "{uri}: {body}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_customer_reads_the_notifications_of_their_own_order() {
+    let database = scratch_database().await;
+    let order_id = placed_order(&database).await;
+    let (status, body) = get_with_token(
+        &database,
+        &format!("/notifications?order_id={order_id}"),
+        Some(&token(OWNER, &[])),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(kinds(&body), ["placed"]);
+}
+
+#[tokio::test]
+async fn another_customers_notifications_are_answered_like_an_unknown_order() {
+    let database = scratch_database().await;
+    let order_id = placed_order(&database).await;
+    let stranger = token("c-2", &[]);
+    let unknown = get_with_token(
+        &database,
+        &format!("/notifications?order_id={}", Uuid::now_v7()),
+        Some(&stranger),
+    )
+    .await;
+    assert_eq!(unknown, (StatusCode::OK, json!([])));
+    assert_eq!(
+        get_with_token(
+            &database,
+            &format!("/notifications?order_id={order_id}"),
+            Some(&stranger)
+        )
+        .await,
+        unknown
+    );
+}
+
+#[tokio::test]
+async fn an_admin_reads_any_customers_notifications() {
+    let database = scratch_database().await;
+    let order_id = placed_order(&database).await;
+    let (status, body) = get_with_token(
+        &database,
+        &format!("/notifications?order_id={order_id}"),
+        Some(&token("ops", &["admin"])),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(kinds(&body), ["placed"]);
+}
+
+#[tokio::test]
+async fn a_request_without_a_valid_token_is_unauthorized() {
+    let database = scratch_database().await;
+    let order_id = placed_order(&database).await;
+    let uri = format!("/notifications?order_id={order_id}");
+    for token in [None, Some("not.a.jwt")] {
+        let (status, body) = get_with_token(&database, &uri, token).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{token:?}");
+        assert!(body["error"].is_string(), "{token:?}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn an_unverified_caller_reads_any_customers_notifications() {
+    let database = scratch_database().await;
+    let order_id = placed_order(&database).await;
+    let (status, body) = get(&database, &format!("/notifications?order_id={order_id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(kinds(&body), ["placed"]);
 }

@@ -70,7 +70,10 @@ async fn insert(pool: &PgPool, order: Order) -> Uuid {
 
 /// `GET /dashboard` through the service's router: status, content type and page.
 async fn dashboard(pool: &PgPool) -> (StatusCode, String, String) {
-    let router = axum::Router::from(order::dashboard::routes(pool.clone(), TRACE_UI.to_owned()));
+    let router = axum::Router::from(order::dashboard::routes(pool.clone(), TRACE_UI.to_owned()))
+        .layer(axum::Extension(std::sync::Arc::new(
+            runtime::auth::Authenticator::insecure(),
+        )));
     let request = Request::get("/dashboard")
         .body(Body::empty())
         .expect("a valid request");
