@@ -332,13 +332,33 @@ async fn no_secret_reaches_a_log_or_a_span_during_a_saga() -> anyhow::Result<()>
 
     // The token's signature part alone is enough to recognise it.
     let signature = token.rsplit('.').next().unwrap_or(&token).to_owned();
-    let secrets = [
-        ("the bearer token", signature.as_str()),
-        ("the e-mail address", email),
-        ("the shipping address", address),
-        ("the card token", e2e::api::PAYMENT_OK),
-        ("the declined card token", e2e::api::PAYMENT_DECLINED),
+    let mut secrets: Vec<(String, String)> = vec![
+        ("the bearer token".into(), signature.clone()),
+        ("the e-mail address".into(), email.into()),
+        ("the shipping address".into(), address.into()),
+        ("the card token".into(), e2e::api::PAYMENT_OK.into()),
+        (
+            "the declined card token".into(),
+            e2e::api::PAYMENT_DECLINED.into(),
+        ),
     ];
+    // Every credential a service was given: its NATS password and both database passwords.
+    for service in Service::ALL {
+        secrets.push((
+            format!("the {service} NATS password"),
+            system.nats_users().password(service.name()).to_owned(),
+        ));
+        for url in [
+            system.app_database_url(service)?,
+            system.owner_database_url(service)?,
+        ] {
+            let password = url::Url::parse(&url)?
+                .password()
+                .context("the harness gives every role a password")?
+                .to_owned();
+            secrets.push((format!("a {service} database password"), password));
+        }
+    }
     let mut places = Vec::new();
     for service in Service::ALL {
         let log = std::fs::read_to_string(system.log_path(service))?;
@@ -357,9 +377,9 @@ async fn no_secret_reaches_a_log_or_a_span_during_a_saga() -> anyhow::Result<()>
         ));
     }
     ensure!(places.len() > Service::ALL.len(), "no span was received");
-    for (what, secret) in secrets {
+    for (what, secret) in &secrets {
         for (place, text) in &places {
-            if let Some(at) = text.find(secret) {
+            if let Some(at) = text.find(secret.as_str()) {
                 let start = text[..at].rfind('\n').map_or(0, |newline| newline + 1);
                 let end = text[at..]
                     .find('\n')
