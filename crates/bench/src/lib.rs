@@ -82,6 +82,12 @@ pub struct Options {
     /// A NATS credentials file (user JWT and nkey seed) instead of a user and password.
     #[arg(long, env = "BENCH_NATS_CREDS_FILE")]
     pub nats_creds_file: Option<PathBuf>,
+    /// A bearer token the APIs accept: an admin's, since the bench writes its products and
+    /// places orders for many customers. Unset: the system must run with INSECURE_DEV_AUTH.
+    /// Never written to the report.
+    #[arg(long, env = "BENCH_BEARER_TOKEN", hide_env_values = true)]
+    #[serde(skip)]
+    pub bearer_token: Option<String>,
     /// The system's Postgres server, where the bound's scratch database is created.
     #[arg(
         long,
@@ -229,7 +235,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         .await
         .with_context(|| format!("failed to connect to NATS at {}", options.nats_url))?;
     let jetstream = async_nats::jetstream::new(client);
-    let http = reqwest::Client::new();
+    let http = http_client(options.bearer_token.as_deref())?;
     load::prepare_products(&http, &options.inventory_url, &options.order_url).await?;
 
     let sampler = Sampler::start();
@@ -240,6 +246,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     let watcher = Watcher::start(&jetstream).await?;
     let show_progress = !options.smoke;
     let driver = Arc::new(Driver::new(
+        http,
         &options.order_url,
         options.mix,
         watcher,
@@ -462,4 +469,21 @@ pub fn summary(report: &Report) -> String {
         report.options.plot.display()
     );
     out
+}
+
+/// The generator's HTTP client: many connections kept open, each request bearing `token`.
+fn http_client(token: Option<&str>) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("the bearer token is not a valid header value")?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .pool_max_idle_per_host(1024)
+        .default_headers(headers)
+        .build()
+        .context("failed to build the HTTP client")
 }

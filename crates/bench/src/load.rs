@@ -41,13 +41,15 @@ pub struct Driver {
 }
 
 impl Driver {
-    pub fn new(order_url: &str, mix: Mix, watcher: Watcher, show_progress: bool) -> Driver {
+    pub fn new(
+        http: reqwest::Client,
+        order_url: &str,
+        mix: Mix,
+        watcher: Watcher,
+        show_progress: bool,
+    ) -> Driver {
         Driver {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .pool_max_idle_per_host(1024)
-                .build()
-                .unwrap_or_default(),
+            http,
             orders_url: format!("{}/orders", order_url.trim_end_matches('/')),
             mix,
             watcher,

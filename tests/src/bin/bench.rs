@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use e2e::nats_server::ADMIN_USER;
-use e2e::system::{Service, System, SystemOptions};
+use e2e::system::{ApiAuth, Service, System, SystemOptions};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -29,6 +29,11 @@ async fn main() -> ExitCode {
     options.nats_url = system.nats_url();
     options.nats_user = Some(ADMIN_USER.to_owned());
     options.nats_password = Some(system.nats_users().password(ADMIN_USER).to_owned().into());
+    // The APIs verify tokens, as deployed; the generator acts as an operator placing orders
+    // for its customers.
+    options.bearer_token = system
+        .tokens()
+        .map(|tokens| tokens.token("saga-bench", &["admin"]));
     let outcome = bench::run(options).await;
     if let Err(error) = system.shutdown().await {
         eprintln!("bench: the system did not shut down cleanly: {error:#}");
@@ -53,6 +58,7 @@ async fn main() -> ExitCode {
 async fn start() -> Result<System> {
     let mut options = SystemOptions {
         own_process_group: true,
+        api_auth: ApiAuth::Tokens,
         ..SystemOptions::default()
     };
     for service in Service::ALL {

@@ -18,11 +18,13 @@ use reqwest::Method;
 use serde_json::json;
 use uuid::Uuid;
 
-async fn as_customer(
+/// A request bearing `token`, with `body` if there is one.
+async fn with_token(
     system: &System,
     method: Method,
     service: Service,
     path: &str,
+    body: Option<&serde_json::Value>,
     token: &str,
 ) -> anyhow::Result<ApiResponse> {
     let authorization = format!("Bearer {token}");
@@ -31,10 +33,21 @@ async fn as_customer(
             method,
             service,
             path,
-            None,
+            body,
             &[("Authorization", &authorization)],
         )
         .await
+}
+
+/// A `GET` or a body-less `POST` bearing `token`.
+async fn as_customer(
+    system: &System,
+    method: Method,
+    service: Service,
+    path: &str,
+    token: &str,
+) -> anyhow::Result<ApiResponse> {
+    with_token(system, method, service, path, None, token).await
 }
 
 #[tokio::test]
@@ -52,16 +65,15 @@ async fn a_customer_sees_only_their_own_order_in_every_service() -> anyhow::Resu
     // Alice's token says who she is; the body need not.
     let mut body = OrderRequest::new(STOCKED_SKU, 1).to_json();
     body.as_object_mut().map(|body| body.remove("customer_id"));
-    let authorization = format!("Bearer {alice}");
-    let placed = system
-        .request(
-            Method::POST,
-            Service::Order,
-            "/orders",
-            Some(&body),
-            &[("Authorization", &authorization)],
-        )
-        .await?;
+    let placed = with_token(
+        &system,
+        Method::POST,
+        Service::Order,
+        "/orders",
+        Some(&body),
+        &alice,
+    )
+    .await?;
     ensure!(placed.status == 202, "{}", placed.text);
     let order_id = placed.order_id()?;
     let order = system.wait_terminal(order_id, SAGA_TIMEOUT).await?;
@@ -132,16 +144,15 @@ async fn a_customer_sees_only_their_own_order_in_every_service() -> anyhow::Resu
 
     // Writing a product needs the admin role.
     let product = json!({"name": "Mug", "price_cents": 1, "on_hand": 1});
-    let authorization = format!("Bearer {alice}");
-    let write = system
-        .request(
-            Method::PUT,
-            Service::Inventory,
-            "/products/CHEAP",
-            Some(&product),
-            &[("Authorization", &authorization)],
-        )
-        .await?;
+    let write = with_token(
+        &system,
+        Method::PUT,
+        Service::Inventory,
+        "/products/CHEAP",
+        Some(&product),
+        &alice,
+    )
+    .await?;
     ensure!(write.status == 403, "{}", write.text);
     system.shutdown().await
 }
@@ -287,31 +298,30 @@ async fn no_secret_reaches_a_log_or_a_span_during_a_saga() -> anyhow::Result<()>
     let address = "Hidden Road 99";
     let mut request = OrderRequest::new(STOCKED_SKU, 1).with_customer("c-secretive", email);
     request.shipping.address = address.to_owned();
-    let authorization = format!("Bearer {token}");
-    let placed = system
-        .request(
-            Method::POST,
-            Service::Order,
-            "/orders",
-            Some(&request.to_json()),
-            &[("Authorization", &authorization)],
-        )
-        .await?;
+    let placed = with_token(
+        &system,
+        Method::POST,
+        Service::Order,
+        "/orders",
+        Some(&request.to_json()),
+        &token,
+    )
+    .await?;
     ensure!(placed.status == 202, "{}", placed.text);
     let order_id = placed.order_id()?;
     let cancelled_request = OrderRequest::new(STOCKED_SKU, 1)
         .with_customer("c-secretive", email)
         .with_payment_method(e2e::api::PAYMENT_DECLINED);
-    let declined = system
-        .request(
-            Method::POST,
-            Service::Order,
-            "/orders",
-            Some(&cancelled_request.to_json()),
-            &[("Authorization", &authorization)],
-        )
-        .await?
-        .order_id()?;
+    let declined = with_token(
+        &system,
+        Method::POST,
+        Service::Order,
+        "/orders",
+        Some(&cancelled_request.to_json()),
+        &token,
+    )
+    .await?
+    .order_id()?;
     system.wait_terminal(order_id, SAGA_TIMEOUT).await?;
     system.wait_terminal(declined, SAGA_TIMEOUT).await?;
     system
