@@ -5,8 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use jsonwebtoken::{EncodingKey, Header};
-use serde_json::json;
+use runtime::auth::{TokenClaims, sign_hs256};
 
 /// The `iss` the services are configured to expect.
 pub const ISSUER: &str = "https://auth.e2e.test";
@@ -60,24 +59,13 @@ impl TokenIssuer {
 
     /// A valid token for `subject` with `roles`.
     pub fn token(&self, subject: &str, roles: &[&str]) -> String {
-        let now = jsonwebtoken::get_current_timestamp();
-        self.sign(&json!({
-            "sub": subject,
-            "iss": ISSUER,
-            "aud": AUDIENCE,
-            "iat": now,
-            "exp": now + LIFETIME_SECONDS,
-            "roles": roles,
-        }))
-    }
-
-    /// A token with exactly these claims, valid or not, signed with the system's secret.
-    pub fn sign(&self, claims: &serde_json::Value) -> String {
-        jsonwebtoken::encode(
-            &Header::default(),
-            claims,
-            &EncodingKey::from_secret(&self.secret),
-        )
-        .expect("HS256 signing cannot fail")
+        let claims = TokenClaims {
+            sub: subject,
+            iss: ISSUER,
+            aud: AUDIENCE,
+            exp: jsonwebtoken::get_current_timestamp() + LIFETIME_SECONDS,
+            roles,
+        };
+        sign_hs256(&self.secret, &claims).expect("HS256 signing cannot fail")
     }
 }

@@ -167,10 +167,29 @@ enum Mode {
 }
 
 struct Verifier {
-    keys: Vec<Key>,
+    /// Each key with what a token it verifies must carry.
+    keys: Vec<(Key, Validation)>,
     issuer: String,
     audience: String,
     admin_role: String,
+}
+
+impl Verifier {
+    fn new(keys: Vec<Key>, issuer: String, audience: String, admin_role: String) -> Verifier {
+        let keys = keys
+            .into_iter()
+            .map(|key| {
+                let validation = validation(key.algorithm, &issuer, &audience);
+                (key, validation)
+            })
+            .collect();
+        Verifier {
+            keys,
+            issuer,
+            audience,
+            admin_role,
+        }
+    }
 }
 
 /// Keys are secret material; only their ids and algorithms are shown.
@@ -184,7 +203,7 @@ impl std::fmt::Debug for Verifier {
                 &self
                     .keys
                     .iter()
-                    .map(|key| (key.id.as_deref(), key.algorithm))
+                    .map(|(key, _)| (key.id.as_deref(), key.algorithm))
                     .collect::<Vec<_>>(),
             )
             .finish_non_exhaustive()
@@ -195,6 +214,44 @@ struct Key {
     id: Option<String>,
     algorithm: Algorithm,
     key: DecodingKey,
+}
+
+/// What a token must carry to be accepted with a key of `algorithm`: built once per key, not
+/// per request.
+fn validation(algorithm: Algorithm, issuer: &str, audience: &str) -> Validation {
+    let mut validation = Validation::new(algorithm);
+    validation.set_issuer(&[issuer]);
+    validation.set_audience(&[audience]);
+    validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+    validation.validate_nbf = true;
+    validation.leeway = LEEWAY.as_secs();
+    validation
+}
+
+/// What a token says, for signing one with a shared HS256 secret: development tools and
+/// tests. An identity provider issues the real ones.
+#[derive(Debug, serde::Serialize)]
+pub struct TokenClaims<'a> {
+    /// The customer.
+    pub sub: &'a str,
+    pub iss: &'a str,
+    pub aud: &'a str,
+    /// Expiry, in seconds since the Unix epoch.
+    pub exp: u64,
+    /// `["admin"]` for an operator.
+    pub roles: &'a [&'a str],
+}
+
+/// A token signed with `secret`, which [`Authenticator`]s verifying that secret accept.
+pub fn sign_hs256(
+    secret: &[u8],
+    claims: &TokenClaims<'_>,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
 }
 
 /// The claims read from a verified token; `iss`, `aud`, `exp` and `nbf` are checked by
@@ -244,12 +301,12 @@ impl Authenticator {
             .clone()
             .ok_or(AuthConfigError::Required("AUTH_JWT_AUDIENCE"))?;
         Ok(Authenticator {
-            mode: Mode::Tokens(Verifier {
+            mode: Mode::Tokens(Verifier::new(
                 keys,
                 issuer,
                 audience,
-                admin_role: settings.admin_role.clone(),
-            }),
+                settings.admin_role.clone(),
+            )),
         })
     }
 
@@ -268,16 +325,16 @@ impl Authenticator {
     /// Verifies HS256 tokens signed with `secret` (for tests and the local tools).
     pub fn shared_secret(secret: &[u8], issuer: &str, audience: &str) -> Authenticator {
         Authenticator {
-            mode: Mode::Tokens(Verifier {
-                keys: vec![Key {
+            mode: Mode::Tokens(Verifier::new(
+                vec![Key {
                     id: None,
                     algorithm: Algorithm::HS256,
                     key: DecodingKey::from_secret(secret),
                 }],
-                issuer: issuer.to_owned(),
-                audience: audience.to_owned(),
-                admin_role: "admin".to_owned(),
-            }),
+                issuer.to_owned(),
+                audience.to_owned(),
+                "admin".to_owned(),
+            )),
         }
     }
 
@@ -315,10 +372,10 @@ impl Verifier {
         // The key decides the algorithm, never the token: a token naming another algorithm
         // than its key's (the classic "alg: none" or HS256-with-a-public-key tricks) finds no
         // key at all.
-        let key = self
+        let (key, validation) = self
             .keys
             .iter()
-            .find(|key| {
+            .find(|(key, _)| {
                 key.algorithm == header.alg
                     && (header.kid.is_none() || key.id.is_none() || key.id == header.kid)
             })
@@ -333,13 +390,7 @@ impl Verifier {
                         .unwrap_or_default()
                 ))
             })?;
-        let mut validation = Validation::new(key.algorithm);
-        validation.set_issuer(&[&self.issuer]);
-        validation.set_audience(&[&self.audience]);
-        validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
-        validation.validate_nbf = true;
-        validation.leeway = LEEWAY.as_secs();
-        let claims = jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
+        let claims = jsonwebtoken::decode::<Claims>(token, &key.key, validation)
             .map_err(|error| invalid(&error))?
             .claims;
         let customer_id = match claims.sub {
@@ -599,6 +650,28 @@ mod tests {
     fn base64_url(bytes: &[u8]) -> String {
         use base64::Engine as _;
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    #[test]
+    fn the_services_accept_what_sign_hs256_signs() {
+        let signed = sign_hs256(
+            SECRET,
+            &TokenClaims {
+                sub: "c-1",
+                iss: "https://issuer.test",
+                aud: "orders",
+                exp: jsonwebtoken::get_current_timestamp() + 60,
+                roles: &["admin"],
+            },
+        )
+        .expect("signed");
+        assert_eq!(
+            authenticator().authenticate(&bearer(&signed)),
+            Ok(Caller::Customer {
+                customer_id: "c-1".into(),
+                admin: true
+            })
+        );
     }
 
     #[test]

@@ -215,19 +215,14 @@ pub fn expired_token(subject: &str) -> String {
 }
 
 fn sign(subject: &str, roles: &[&str], expires_at: u64) -> String {
-    let claims = serde_json::json!({
-        "sub": subject,
-        "iss": TOKEN_ISSUER,
-        "aud": TOKEN_AUDIENCE,
-        "exp": expires_at,
-        "roles": roles,
-    });
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(TOKEN_SECRET),
-    )
-    .expect("HS256 signing cannot fail")
+    let claims = crate::auth::TokenClaims {
+        sub: subject,
+        iss: TOKEN_ISSUER,
+        aud: TOKEN_AUDIENCE,
+        exp: expires_at,
+        roles,
+    };
+    crate::auth::sign_hs256(TOKEN_SECRET, &claims).expect("HS256 signing cannot fail")
 }
 
 /// `router` verifying the tokens [`token`] signs, instead of letting every caller in.

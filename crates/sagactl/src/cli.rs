@@ -166,14 +166,16 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
             let secret = std::fs::read(&secret_file)
                 .with_context(|| format!("failed to read {}", secret_file.display()))?;
             let roles: &[&str] = if admin { &["admin"] } else { &[] };
-            let token = crate::token::sign(
+            let expires_at =
+                jsonwebtoken::get_current_timestamp().saturating_add(valid_for.as_secs());
+            let token = runtime::auth::sign_hs256(
                 secret.trim_ascii_end(),
-                &crate::token::Claims {
-                    subject: &subject,
-                    issuer: &issuer,
-                    audience: &audience,
+                &runtime::auth::TokenClaims {
+                    sub: &subject,
+                    iss: &issuer,
+                    aud: &audience,
+                    exp: expires_at,
                     roles,
-                    valid_for,
                 },
             )?;
             writeln!(out, "{token}")?;

@@ -14,7 +14,6 @@ pub mod cli;
 pub mod dead_letters;
 pub mod render;
 mod stored;
-pub mod token;
 
 use std::time::Duration;
 
