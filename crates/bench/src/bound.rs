@@ -148,18 +148,17 @@ pub async fn postgres_steps(
                     while Instant::now() < deadline {
                         let transaction = async {
                             let mut tx = pool.begin().await?;
-                            for _ in 0..batch {
+                            for step in 0..batch {
                                 row = row % STATE_ROWS + 1;
-                                if batch == 1 {
-                                    apply_step(&mut tx, row, &outbox, &event).await?;
-                                } else {
-                                    // As a batching consumer would: each step in a savepoint.
-                                    sqlx::raw_sql("SAVEPOINT step").execute(&mut *tx).await?;
-                                    apply_step(&mut tx, row, &outbox, &event).await?;
-                                    sqlx::raw_sql("RELEASE SAVEPOINT step")
-                                        .execute(&mut *tx)
-                                        .await?;
-                                }
+                                // As a batching consumer does: each step in a savepoint,
+                                // started with the previous one's release and its inbox row
+                                // in one round trip; COMMIT releases the last.
+                                let before = match (batch, step) {
+                                    (1, _) => "",
+                                    (_, 0) => "SAVEPOINT step; ",
+                                    _ => "RELEASE SAVEPOINT step; SAVEPOINT step; ",
+                                };
+                                apply_step(&mut tx, before, row, &outbox, &event).await?;
                             }
                             tx.commit().await
                         };
@@ -188,15 +187,16 @@ pub async fn postgres_steps(
 }
 
 /// One saga step, through the same functions a service's consumer calls: its inbox row
-/// (`runtime::inbox::record`), a row of saga state updated, an event into the outbox
+/// (`runtime::inbox::record`, after `before` in the same round trip), a row of saga state updated, an event into the outbox
 /// (`Outbox::enqueue`, which wraps and serialises the envelope).
 async fn apply_step(
     tx: &mut PgConnection,
+    before: &str,
     row: i64,
     outbox: &Outbox,
     event: &Event,
 ) -> Result<(), sqlx::Error> {
-    runtime::inbox::record(tx, "bench", Uuid::now_v7()).await?;
+    runtime::inbox::record(tx, before, "bench", Uuid::now_v7()).await?;
     sqlx::query("UPDATE saga_state SET status = $2, updated_at = now() WHERE id = $1")
         .bind(row)
         .bind("reserved")

@@ -15,6 +15,10 @@
 //! the transaction as a whole fails, every message in it is. Nothing is acked before the
 //! commit that applied it. A batch never holds two messages of one key.
 //!
+//! Round trips, not statements, are what a transaction waits for, so the statements without
+//! parameters ride together: `BEGIN` with the batch's advisory locks, and each message's
+//! savepoint with the end of the previous one and its own inbox row ([`inbox::record`]).
+//!
 //! # Ordering
 //!
 //! A message's key is the last token of its subject, `<type>.<key>`: the order id, or the SKU
@@ -56,6 +60,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::hash::Hasher;
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -69,7 +74,7 @@ use events::streams::{Context, dlq_subject, type_filter};
 use events::{Envelope, Event};
 use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 use thiserror::Error;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -447,11 +452,14 @@ impl<H: Handler> Consumer<H> {
     /// Applies decoded messages in one transaction, each in its own savepoint (its inbox
     /// row, its handler's effect, its outgoing events), and commits once: one WAL flush for
     /// all of them. Returns each message's outcome; a failed one was rolled back alone.
+    ///
+    /// The statements without parameters share round trips (see [`inbox::record`]): `BEGIN`
+    /// with the advisory locks, and each message's savepoint with the previous one's end and
+    /// its own inbox row. The last savepoint is left for `COMMIT` to release.
     async fn apply_together(
         &self,
         together: &[(&Message, Span, Incoming)],
     ) -> Result<Vec<Result<Applied, HandlerError>>, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
         // Messages of one order reach a service through several consumers, so two batches
         // that each locked one order's rows and then wanted the other's would deadlock:
         // every key, and every shared lock, first, in one order.
@@ -460,26 +468,42 @@ impl<H: Handler> Consumer<H> {
             locks.push(format!("key:{}", ordering_key(&message.subject)));
             locks.extend(self.shared_locks_of(incoming));
         }
-        lock_in_order(&mut tx, locks).await?;
-        let mut outcomes = Vec::with_capacity(together.len());
+        let begin = format!("BEGIN; {}", lock_statements(locks));
+        let mut tx = self.pool.begin_with(AssertSqlSafe(begin)).await?;
+        let mut outcomes: Vec<Result<Applied, HandlerError>> = Vec::with_capacity(together.len());
         for (_, span, incoming) in together {
             let transaction_span =
                 span.in_scope(|| database::transaction_span(&self.pool, "apply event"));
             // Savepoints by hand, not sqlx's nested transactions: when a savepoint cannot be
             // started on a broken connection, sqlx's bookkeeping takes the failure for the
             // outer transaction's, and the outer commit then returns Ok without sending
-            // COMMIT. Here any failure of the savepoint statements fails the whole batch.
-            sqlx::raw_sql("SAVEPOINT message").execute(&mut *tx).await?;
-            let outcome = self
-                .apply_steps(&mut tx, incoming)
-                .instrument(transaction_span)
-                .await;
-            let end = match outcome {
-                Ok(_) => "RELEASE SAVEPOINT message",
-                Err(_) => "ROLLBACK TO SAVEPOINT message; RELEASE SAVEPOINT message",
+            // COMMIT. Here any failure of the savepoint statements, or of the inbox row sent
+            // with them, fails the whole batch.
+            let before = match outcomes.last() {
+                None => "SAVEPOINT message; ",
+                Some(Ok(_)) => "RELEASE SAVEPOINT message; SAVEPOINT message; ",
+                Some(Err(_)) => {
+                    "ROLLBACK TO SAVEPOINT message; RELEASE SAVEPOINT message; SAVEPOINT message; "
+                }
             };
-            sqlx::raw_sql(end).execute(&mut *tx).await?;
+            let outcome = async {
+                if !inbox::record(&mut tx, before, &self.name, incoming.envelope.id).await? {
+                    return Ok(Ok(Applied::Duplicate));
+                }
+                Ok::<_, sqlx::Error>(
+                    self.apply_effects(&mut tx, incoming)
+                        .await
+                        .map(Applied::Fresh),
+                )
+            }
+            .instrument(transaction_span)
+            .await?;
             outcomes.push(outcome);
+        }
+        if let Some(Err(_)) = outcomes.last() {
+            sqlx::raw_sql("ROLLBACK TO SAVEPOINT message")
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(outcomes)
@@ -606,27 +630,25 @@ impl<H: Handler> Consumer<H> {
 
     async fn apply_in_transaction(&self, incoming: &Incoming) -> Result<Applied, HandlerError> {
         let mut tx = self.pool.begin().await?;
-        let shared: Vec<String> = self.shared_locks_of(incoming).collect();
-        if !shared.is_empty() {
-            lock_in_order(&mut tx, shared).await?;
-        }
-        let applied = self.apply_steps(&mut tx, incoming).await?;
+        let locks = lock_statements(self.shared_locks_of(incoming).collect());
+        let applied = if inbox::record(&mut tx, &locks, &self.name, incoming.envelope.id).await? {
+            Applied::Fresh(self.apply_effects(&mut tx, incoming).await?)
+        } else {
+            Applied::Duplicate
+        };
         // Only an Ok commit lets the caller ack: a lost connection during COMMIT leaves the
         // outcome unknown, and redelivery plus the inbox settle it.
         tx.commit().await?;
         Ok(applied)
     }
 
-    /// The inbox row, then (unless the event was applied before) the handler's effect and
-    /// its outgoing events, on the caller's transaction.
-    async fn apply_steps(
+    /// The handler's effect and its outgoing events, on the caller's transaction, for an
+    /// event the inbox has just recorded as new.
+    async fn apply_effects(
         &self,
         tx: &mut PgConnection,
         incoming: &Incoming,
-    ) -> Result<Applied, HandlerError> {
-        if !inbox::record(tx, &self.name, incoming.envelope.id).await? {
-            return Ok(Applied::Duplicate);
-        }
+    ) -> Result<Vec<Event>, HandlerError> {
         let outgoing = self.handler.handle(tx, incoming).await?;
         let cause = Cause {
             correlationid: incoming.envelope.correlationid.clone(),
@@ -635,7 +657,7 @@ impl<H: Handler> Consumer<H> {
         for event in &outgoing {
             self.outbox.enqueue(tx, event, Some(&cause)).await?;
         }
-        Ok(Applied::Fresh(outgoing))
+        Ok(outgoing)
     }
 
     fn shared_locks_of(&self, incoming: &Incoming) -> impl Iterator<Item = String> + use<H> {
@@ -720,19 +742,32 @@ impl<H: Handler> Consumer<H> {
     }
 }
 
-/// Takes a transaction-level advisory lock on each name, sorted and once each: the one order
-/// every transaction of the service takes them in.
-async fn lock_in_order(tx: &mut PgConnection, mut names: Vec<String>) -> Result<(), sqlx::Error> {
+/// Takes the shared lock `name` (see [`Handler::shared_locks`]) in a transaction outside the
+/// consumer, e.g. an HTTP request writing the rows a handler's shared lock guards, so that it
+/// takes turns with the handlers.
+pub async fn lock_shared(tx: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
+    let statements = lock_statements(vec![format!("shared:{name}")]);
+    sqlx::raw_sql(AssertSqlSafe(statements)).execute(tx).await?;
+    Ok(())
+}
+
+/// Statements taking a transaction-level advisory lock on each name, sorted and once each:
+/// the one order every transaction of the service takes them in. One statement per lock, so
+/// they are taken one after another whatever the planner does. Each name becomes its 64-bit
+/// FNV-1a hash, computed here so the statements carry numbers, never text.
+fn lock_statements(mut names: Vec<String>) -> String {
     names.sort_unstable();
     names.dedup();
-    sqlx::query(
-        "SELECT pg_advisory_xact_lock(hashtextextended(name, 0)) \
-         FROM unnest($1::text[]) WITH ORDINALITY AS names (name, position) ORDER BY position",
-    )
-    .bind(&names)
-    .execute(tx)
-    .await?;
-    Ok(())
+    names
+        .iter()
+        .map(|name| {
+            let mut hasher = fnv::FnvHasher::default();
+            hasher.write(name.as_bytes());
+            // The hash's bits as Postgres's bigint; the sign carries no meaning.
+            let key = hasher.finish() as i64;
+            format!("SELECT pg_advisory_xact_lock({key}); ")
+        })
+        .collect()
 }
 
 /// Which delivery of its message this is: 1 on the first.

@@ -164,6 +164,9 @@ async fn put_product(
     validate(&sku, &request)?;
     let name = request.name.trim();
     let mut tx = state.pool.begin().await?;
+    // Take turns with the reactions, which read stock and then change it (see
+    // `Reactions::shared_locks`).
+    runtime::consumer::lock_shared(&mut tx, crate::reactions::PRODUCTS_LOCK).await?;
     let product = store::upsert_product(&mut tx, &sku, name, request.price_cents, request.on_hand)
         .await
         .map_err(|error| match error {

@@ -13,15 +13,15 @@ use crate::store;
 #[derive(Debug, Clone, Copy)]
 pub struct Reactions;
 
+/// The shared lock every write of products takes first.
+pub const PRODUCTS_LOCK: &str = "products";
+
 impl Handler for Reactions {
     async fn handle(
         &self,
         tx: &mut PgConnection,
         incoming: &Incoming,
     ) -> Result<Vec<Event>, HandlerError> {
-        if let Some(order_id) = incoming.event.order_id() {
-            store::lock_order(tx, order_id).await?;
-        }
         match &incoming.event {
             Event::OrderPlacedV2(placed) => {
                 let lines = domain::merge_lines(
@@ -40,11 +40,14 @@ impl Handler for Reactions {
         }
     }
 
-    /// Every reaction may lock product rows (reserving, releasing, deducting), which orders
-    /// share: one lock name for all of them keeps transactions from taking two products in
-    /// opposite orders. A reservation already locks its products sorted, within itself.
+    /// Every reaction may change product rows (reserving, releasing, deducting), which orders
+    /// share. One lock for all of them, taken before any handler runs (and by the HTTP API
+    /// before it writes a product), makes this service's writes take turns: a reservation
+    /// decides on the stock it read, and two orders' events, or one order's events arriving
+    /// through different consumers (a cancellation racing its reservation), never interleave.
+    /// So the handlers take no row locks of their own.
     fn shared_locks(&self, _incoming: &Incoming) -> &'static [&'static str] {
-        &["products"]
+        &[PRODUCTS_LOCK]
     }
 }
 
@@ -64,7 +67,7 @@ async fn reserve(
         return Ok(vec![]);
     }
     let skus: Vec<String> = lines.iter().map(|line| line.sku.clone()).collect();
-    let available = store::lock_available(tx, &skus).await?;
+    let available = store::available(tx, &skus).await?;
     match domain::reserve(order_id, lines, &available) {
         ReserveDecision::Reserve { reservation, event } => {
             store::hold(tx, &reservation.items).await?;
@@ -91,7 +94,6 @@ async fn release(tx: &mut PgConnection, order_id: Uuid) -> Result<Vec<Event>, Ha
     let Some((released, event)) = domain::release(&reservation) else {
         return Ok(vec![]);
     };
-    store::lock_available(tx, &skus(&released.items)).await?;
     store::give_back(tx, &released.items).await?;
     store::save_reservation(tx, &released).await?;
     tracing::info!("released");
@@ -106,7 +108,6 @@ async fn cancel(tx: &mut PgConnection, order_id: Uuid) -> Result<Vec<Event>, Han
     let reservation = store::reservation_for_update(tx, order_id).await?;
     let (released, confirmation) = domain::cancel(order_id, reservation.as_ref());
     if let Some(released) = released {
-        store::lock_available(tx, &skus(&released.items)).await?;
         store::give_back(tx, &released.items).await?;
         store::save_reservation(tx, &released).await?;
         tracing::info!("released on cancellation");
@@ -122,14 +123,9 @@ async fn commit(tx: &mut PgConnection, order_id: Uuid) -> Result<Vec<Event>, Han
         )));
     };
     if let Some(committed) = domain::commit(&reservation) {
-        store::lock_available(tx, &skus(&committed.items)).await?;
         store::deduct(tx, &committed.items).await?;
         store::save_reservation(tx, &committed).await?;
         tracing::info!("deducted");
     }
     Ok(vec![])
-}
-
-fn skus(lines: &[events::inventory::StockLine]) -> Vec<String> {
-    lines.iter().map(|line| line.sku.clone()).collect()
 }

@@ -179,6 +179,68 @@ async fn a_batch_whose_connection_dies_acks_nothing_it_did_not_commit() {
 }
 
 #[tokio::test]
+async fn a_message_failing_last_in_a_batch_is_rolled_back_alone() {
+    let setup = Setup::start().await;
+    // The first message takes the only slot; the rest arrive while it holds it and go as
+    // one batch, the poisoned one last, so its savepoint is the one COMMIT would release.
+    let mut published: Vec<(String, i64)> = keys("sku", 7).into_iter().map(|k| (k, 1)).collect();
+    published.push(("poisoned".to_owned(), 1));
+    setup.publish(&published).await;
+
+    let recorder = Arc::new(Recorder {
+        fails_after_writing: Some("poisoned".to_owned()),
+        ..Recorder::new(0..=0)
+    });
+    recorder.gate.send_replace(false);
+    let consumer = setup.run_shared(recorder.clone(), options(1, Duration::from_secs(30)));
+    eventually("the first message holds the only slot", || async {
+        recorder.entered.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    recorder.gate.send_replace(true);
+    eventually(
+        "the poisoned message failed after writing its effect",
+        || async {
+            setup.count_effects().await == published.len() - 1
+                && recorder.failures.load(Ordering::SeqCst) >= 1
+        },
+    )
+    .await;
+    let (effects, transactions): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT transaction) FROM effects")
+            .fetch_one(&setup.pool)
+            .await
+            .expect("failed to count the transactions");
+    assert!(
+        transactions < effects,
+        "{effects} effects in {transactions} transactions: nothing was batched"
+    );
+    assert!(
+        !setup.effects().await.iter().any(|e| e.key == "poisoned"),
+        "the failed message's write was committed with its batch"
+    );
+
+    recorder.released.store(true, Ordering::SeqCst);
+    setup
+        .wait_for_effects(published.len(), Duration::from_secs(30))
+        .await;
+    consumer.stop().await;
+    let effects = setup.effects().await;
+    assert_eq!(
+        effects.len(),
+        published.len(),
+        "an effect was applied twice"
+    );
+    assert!(
+        effects
+            .iter()
+            .any(|e| e.key == "poisoned" && e.delivery > 1),
+        "the poisoned message was applied on a redelivery"
+    );
+}
+
+#[tokio::test]
 async fn a_message_waiting_for_its_key_is_not_redelivered_for_waiting_longer_than_ack_wait() {
     let setup = Setup::start().await;
     // Six messages of one key, 300 ms of work each: the last waits about 1.5 s for its turn,
@@ -439,6 +501,9 @@ struct Recorder {
     failing_key: Option<String>,
     /// This key's first message, the first time, kills its own database connection.
     connection_killer: Option<String>,
+    /// The first message of this key writes its effect, then fails transiently, until
+    /// `released`.
+    fails_after_writing: Option<String>,
     kills: AtomicUsize,
     released: AtomicBool,
     failures: AtomicUsize,
@@ -453,6 +518,7 @@ impl Recorder {
             gate: watch::channel(true).0,
             failing_key: None,
             connection_killer: None,
+            fails_after_writing: None,
             kills: AtomicUsize::new(0),
             released: AtomicBool::new(false),
             failures: AtomicUsize::new(0),
@@ -515,6 +581,15 @@ impl Recorder {
         .bind(Utc::now())
         .execute(&mut *tx)
         .await?;
+        if self.fails_after_writing.as_ref() == Some(key)
+            && sequence == 1
+            && !self.released.load(Ordering::SeqCst)
+        {
+            self.failures.fetch_add(1, Ordering::SeqCst);
+            return Err(HandlerError::Transient(anyhow::anyhow!(
+                "{key} #1 failed after writing"
+            )));
+        }
         Ok(Vec::new())
     }
 }
