@@ -415,7 +415,11 @@ pub fn summary(report: &Report) -> String {
             "  sagas      {} placed, {} ended ({:.0}/s), {} unexpected outcomes, {} unfinished, errors {:?}",
             f.placed, f.ended, f.ended_per_s, f.unexpected_outcomes, f.unfinished, f.errors
         );
-        for (name, p) in [("saga", &f.saga_latency), ("POST", &f.post_latency)] {
+        for (name, p) in [
+            ("saga", &f.saga_latency),
+            ("POST", &f.post_latency),
+            ("to stream", &f.outbox_to_stream),
+        ] {
             let _ = writeln!(
                 out,
                 "  {name:<10} p50 {:>7.2} ms  p90 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  max {:>8.2} ms",

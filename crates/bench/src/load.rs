@@ -104,6 +104,7 @@ impl Driver {
     pub async fn open_loop(self: &Arc<Self>, rate: f64, duration: Duration) -> PhaseFigures {
         let start = Instant::now();
         let recorder = Arc::new(Recorder::new(start));
+        self.watcher.count_delays_in(&recorder);
         let progress = self.progress(&format!("open loop at {rate:.0}/s"), duration, &recorder);
         let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
         let total = (rate * duration.as_secs_f64()).round() as u64;
@@ -141,6 +142,7 @@ impl Driver {
         let start = Instant::now();
         let deadline = start + duration;
         let recorder = Arc::new(Recorder::new(start));
+        self.watcher.count_delays_in(&recorder);
         let progress = self.progress(
             &format!("closed loop, {customers} customers"),
             duration,

@@ -105,6 +105,8 @@ struct Inner {
     errors: BTreeMap<String, u64>,
     saga: Histogram<u64>,
     post: Histogram<u64>,
+    /// Outbox-to-stream delays of every event stored during the phase.
+    stored: Histogram<u64>,
     /// Every second before the current one, summarised: only the current second keeps its
     /// histograms, so a long run does not hold one pair of histograms per second.
     seconds: Vec<Second>,
@@ -153,6 +155,7 @@ impl Recorder {
                 errors: BTreeMap::new(),
                 saga: histogram(),
                 post: histogram(),
+                stored: histogram(),
                 seconds: Vec::new(),
                 current: Window::new(),
             }),
@@ -188,6 +191,12 @@ impl Recorder {
             inner.current.ended += 1;
             record(&mut inner.current.saga, latency);
         });
+    }
+
+    /// An event reached its stream `delay` after it was written to an outbox.
+    pub fn stored(&self, delay: Duration) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        record(&mut inner.stored, delay);
     }
 
     /// Something went wrong; `kind` groups it in the report.
@@ -244,6 +253,7 @@ impl Recorder {
             errors: inner.errors.clone(),
             saga_latency: Percentiles::of(&inner.saga),
             post_latency: Percentiles::of(&inner.post),
+            outbox_to_stream: Percentiles::of(&inner.stored),
             seconds,
         }
     }
@@ -268,6 +278,9 @@ pub struct PhaseFigures {
     pub saga_latency: Percentiles,
     /// `POST /orders`, from when it was due to be sent to the `202`.
     pub post_latency: Percentiles,
+    /// Every event stored on a stream during the phase, from when it was written to an
+    /// outbox (its envelope's time) to when its stream stored it (the stream's timestamp).
+    pub outbox_to_stream: Percentiles,
     pub seconds: Vec<Second>,
 }
 

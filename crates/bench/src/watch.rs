@@ -1,9 +1,16 @@
 //! Knowing when each saga ended, from the events themselves: an ordered JetStream consumer on
 //! the order stream's terminal subjects (`order.completed.*`, `order.cancelled.*`,
 //! `order.rejected.*`), not polling the HTTP API.
+//!
+//! It also measures how long events take from the outbox to their stream: an ordered consumer
+//! on every context's stream compares each message's stream timestamp with the time in its
+//! envelope, which `Outbox::enqueue` sets when the event is written, inside the transaction
+//! that writes it. So the delay covers the rest of that transaction, its commit, the relay's
+//! wake-up and the publish: everything between deciding on an event and its being stored.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig};
@@ -44,7 +51,9 @@ struct Table {
 /// Watches the terminal events and matches them to the orders the bench placed.
 pub struct Watcher {
     table: Arc<Mutex<Table>>,
-    task: JoinHandle<()>,
+    /// The phase the outbox-to-stream delays count in, if one is running.
+    phase: Arc<Mutex<Option<Arc<Recorder>>>>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Watcher {
@@ -80,7 +89,21 @@ impl Watcher {
                 }
             }
         });
-        Ok(Watcher { table, task })
+        let phase = Arc::new(Mutex::new(None));
+        let mut tasks = vec![task];
+        for context in events::streams::Context::ALL {
+            tasks.push(watch_delays(jetstream, context, Arc::clone(&phase)).await?);
+        }
+        Ok(Watcher {
+            table,
+            phase,
+            tasks,
+        })
+    }
+
+    /// Counts the outbox-to-stream delay of every event stored from now on in `recorder`.
+    pub fn count_delays_in(&self, recorder: &Arc<Recorder>) {
+        *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(recorder));
     }
 
     /// Waits for the saga of `order_id`; the receiver fires when it has ended (and has been
@@ -134,8 +157,56 @@ impl Watcher {
 
 impl Drop for Watcher {
     fn drop(&mut self) {
-        self.task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
+}
+
+/// Records, for every event stored on `context`'s stream from now on, how long after its
+/// envelope's time the stream stored it, in the phase `phase` names.
+async fn watch_delays(
+    jetstream: &jetstream::Context,
+    context: events::streams::Context,
+    phase: Arc<Mutex<Option<Arc<Recorder>>>>,
+) -> anyhow::Result<JoinHandle<()>> {
+    let stream = jetstream
+        .get_stream(context.stream())
+        .await
+        .with_context(|| format!("the {} stream is missing", context.stream()))?;
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            deliver_policy: DeliverPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "failed to create the bench's ordered consumer on {}",
+                context.stream()
+            )
+        })?;
+    let mut messages = consumer.messages().await?;
+    Ok(tokio::spawn(async move {
+        while let Some(message) = messages.next().await {
+            let Ok(message) = message else {
+                continue;
+            };
+            let (Ok(info), Ok(envelope)) = (message.info(), Envelope::from_slice(&message.payload))
+            else {
+                continue;
+            };
+            let Some(written) = envelope.time.timestamp_nanos_opt() else {
+                continue;
+            };
+            let nanos = info.published.unix_timestamp_nanos() - i128::from(written);
+            let delay = Duration::from_nanos(u64::try_from(nanos.max(0)).unwrap_or(u64::MAX));
+            let recorder = phase.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if let Some(recorder) = recorder {
+                recorder.stored(delay);
+            }
+        }
+    }))
 }
 
 fn lock(table: &Mutex<Table>) -> std::sync::MutexGuard<'_, Table> {

@@ -90,21 +90,23 @@ async fn advance(
         )));
     };
     let step = domain::react(saga, fact);
-    store::record_history(
-        tx,
-        order_id,
-        &incoming.envelope.event_type,
+    let changed = (step.saga != saga).then_some(&step.saga);
+    let received = (
+        incoming.envelope.event_type.as_str(),
         incoming.envelope.time,
-    )
-    .await?;
-    if step.saga != saga {
-        store::save_saga(tx, order_id, &step.saga).await?;
-    }
+    );
     let Some(outcome) = step.outcome else {
+        store::save_step(tx, order_id, changed, &[received]).await?;
         return Ok(vec![]);
     };
     let event = announce(order_id, outcome)?;
-    store::record_history(tx, order_id, event.event_type(), Utc::now()).await?;
+    store::save_step(
+        tx,
+        order_id,
+        changed,
+        &[received, (event.event_type(), Utc::now())],
+    )
+    .await?;
     tracing::info!(status = step.saga.status.as_str(), "saga finished");
     Ok(vec![event])
 }

@@ -99,6 +99,39 @@ pub async fn save_saga(
     Ok(())
 }
 
+/// Saves a saga step in one statement, one round trip: the saga's new state when it changed
+/// (`saga`), and the events to add to the order's history (one already there is kept).
+pub async fn save_step(
+    tx: &mut PgConnection,
+    order_id: Uuid,
+    saga: Option<&Saga>,
+    history: &[(&str, DateTime<Utc>)],
+) -> Result<(), sqlx::Error> {
+    let (event_types, ats): (Vec<&str>, Vec<DateTime<Utc>>) = history.iter().copied().unzip();
+    sqlx::query(
+        "WITH saved AS ( \
+             UPDATE orders SET status = $2, reason = $3, inventory_released = $4, \
+             payment_refunded = $5, fulfillment_cancelled = $6, updated_at = now() \
+             WHERE order_id = $1 AND $7 \
+         ) \
+         INSERT INTO order_history (order_id, event_type, at) \
+         SELECT $1, event_type, at FROM unnest($8::text[], $9::timestamptz[]) AS h (event_type, at) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(order_id)
+    .bind(saga.map(|saga| saga.status.as_str()))
+    .bind(saga.and_then(|saga| saga.reason.map(Reason::as_str)))
+    .bind(saga.map(|saga| saga.inventory_released))
+    .bind(saga.map(|saga| saga.payment_refunded))
+    .bind(saga.map(|saga| saga.fulfillment_cancelled))
+    .bind(saga.is_some())
+    .bind(&event_types)
+    .bind(&ats)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
 /// Adds a saga event to the order's history; a second event of the same type is ignored.
 pub async fn record_history(
     tx: &mut PgConnection,
