@@ -46,6 +46,9 @@ pub const ADMIN_USER: &str = "admin";
 pub struct NatsUsers {
     /// `(user, password)`.
     passwords: Vec<(String, String)>,
+    /// JetStream's `sync_interval` in the server's configuration; the server's default (2
+    /// minutes) when `None`.
+    sync_interval: Option<String>,
 }
 
 impl NatsUsers {
@@ -56,7 +59,15 @@ impl NatsUsers {
             passwords: users
                 .map(|user| (user.to_owned(), uuid::Uuid::new_v4().simple().to_string()))
                 .collect(),
+            sync_interval: None,
         }
+    }
+
+    /// The server configuration with JetStream's `sync_interval` set, e.g. `always` as the
+    /// deploy files set it.
+    pub fn with_sync_interval(mut self, interval: &str) -> NatsUsers {
+        self.sync_interval = Some(interval.to_owned());
+        self
     }
 
     /// The password of `user`.
@@ -110,15 +121,17 @@ impl NatsUsers {
     /// Writes the server configuration into `directory`: `deploy/nats/users.conf` beside
     /// [`CONFIG_FILE`], which includes it (nats-server includes relative to the including
     /// file only).
-    fn write_config(directory: &Path) -> Result<()> {
+    fn write_config(&self, directory: &Path) -> Result<()> {
         std::fs::write(directory.join("users.conf"), USERS_CONF)
             .context("failed to write the NATS users")?;
-        std::fs::write(
-            directory.join(CONFIG_FILE),
-            "# The e2e harness's server: the deployed users and permissions, nothing else \
-             (ports, store and cluster are flags).\ninclude ./users.conf\n",
-        )
-        .context("failed to write the nats-server configuration")?;
+        let mut config = "# The e2e harness's server: the deployed users and permissions \
+                          (ports, store and cluster are flags).\ninclude ./users.conf\n"
+            .to_owned();
+        if let Some(interval) = &self.sync_interval {
+            config.push_str(&format!("jetstream {{\n  sync_interval: {interval}\n}}\n"));
+        }
+        std::fs::write(directory.join(CONFIG_FILE), config)
+            .context("failed to write the nats-server configuration")?;
         Ok(())
     }
 }
@@ -178,8 +191,8 @@ impl NatsServer {
             .prefix("e2e-nats-")
             .tempdir()
             .context("failed to create a temporary directory for nats-server")?;
-        if users.is_some() {
-            NatsUsers::write_config(directory.path())?;
+        if let Some(users) = &users {
+            users.write_config(directory.path())?;
         }
         let port = free_port()?;
         let mut server = NatsServer {
@@ -362,8 +375,8 @@ impl NatsCluster {
             .prefix("e2e-nats-cluster-")
             .tempdir()
             .context("failed to create a temporary directory for the nats cluster")?;
-        if users.is_some() {
-            NatsUsers::write_config(directory.path())?;
+        if let Some(users) = &users {
+            users.write_config(directory.path())?;
         }
         let mut nodes = Vec::with_capacity(size);
         for index in 0..size {

@@ -143,6 +143,9 @@ pub struct SystemOptions {
     pub replicas: usize,
     /// How the services' APIs authenticate callers.
     pub api_auth: ApiAuth,
+    /// JetStream's `sync_interval` (`always` in the deploy files); nats-server's default
+    /// (2 minutes) when `None`.
+    pub nats_sync_interval: Option<String>,
 }
 
 /// How a test system's APIs authenticate callers.
@@ -172,6 +175,7 @@ impl Default for SystemOptions {
             nats_servers: 1,
             replicas: 1,
             api_auth: ApiAuth::InsecureDev,
+            nats_sync_interval: None,
         }
     }
 }
@@ -302,8 +306,11 @@ enum Nats {
 impl Nats {
     /// Starts with the deployed users and permissions (`deploy/nats/users.conf`), so that
     /// every test runs the services as they run in production: each as its own user.
-    async fn start(servers: usize) -> Result<Nats> {
-        let users = NatsUsers::generate();
+    async fn start(servers: usize, sync_interval: Option<&str>) -> Result<Nats> {
+        let mut users = NatsUsers::generate();
+        if let Some(interval) = sync_interval {
+            users = users.with_sync_interval(interval);
+        }
         Ok(if servers <= 1 {
             Nats::Single(NatsServer::start_with_users(users).await?)
         } else {
@@ -438,7 +445,7 @@ impl System {
             ApiAuth::InsecureDev => None,
             ApiAuth::Tokens => Some(TokenIssuer::create(logs.path())?),
         };
-        let nats = Nats::start(options.nats_servers).await?;
+        let nats = Nats::start(options.nats_servers, options.nats_sync_interval.as_deref()).await?;
         let gateway = GatewaySimulator::start().await?;
         let mut system = System {
             nats,

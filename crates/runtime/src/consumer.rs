@@ -131,10 +131,15 @@ pub struct Incoming {
 /// Why a handler could not apply an event.
 #[derive(Debug, Error)]
 pub enum HandlerError {
-    /// May succeed later (database down, a fact not seen yet): retried with backoff, then
-    /// dead-lettered once the delivery limit is reached.
+    /// May succeed later (database down): retried with backoff, then dead-lettered once the
+    /// delivery limit is reached.
     #[error(transparent)]
     Transient(anyhow::Error),
+    /// A fact the event depends on has not arrived yet. It travels on another stream, through
+    /// another consumer, and usually lands within milliseconds: retried in place a few times
+    /// first (a redelivery would wait at least half a second), then like `Transient`.
+    #[error("{0}")]
+    NotYet(String),
     /// Can never succeed (the event contradicts what this service knows): dead-lettered now.
     #[error("{0}")]
     Permanent(String),
@@ -147,12 +152,14 @@ impl From<sqlx::Error> for HandlerError {
 }
 
 impl HandlerError {
-    /// Worth retrying at once, within this delivery (serialization failure, deadlock, ...).
+    /// Worth retrying at once, within this delivery (serialization failure, deadlock, a
+    /// fact about to arrive, ...).
     fn is_retryable_now(&self) -> bool {
         match self {
             HandlerError::Transient(error) => error
                 .downcast_ref::<sqlx::Error>()
                 .is_some_and(is_transient),
+            HandlerError::NotYet(_) => true,
             HandlerError::Permanent(_) => false,
         }
     }
@@ -581,8 +588,13 @@ impl<H: Handler> Consumer<H> {
                     .with_jitter(),
             )
             .when(HandlerError::is_retryable_now)
-            .notify(|error, delay| {
-                tracing::info!(error = %format!("{error:#}"), ?delay, "transaction failed; retrying it now");
+            .notify(|error, delay| match error {
+                HandlerError::NotYet(reason) => {
+                    tracing::debug!(%reason, ?delay, "event came early; retrying it now");
+                }
+                _ => {
+                    tracing::info!(error = %format!("{error:#}"), ?delay, "transaction failed; retrying it now");
+                }
             })
             .await;
 
@@ -591,11 +603,11 @@ impl<H: Handler> Consumer<H> {
             Err(HandlerError::Permanent(reason)) => {
                 self.dead_letter(message, delivery, &reason).await
             }
-            Err(HandlerError::Transient(error)) if delivery >= self.options.max_deliver => {
+            Err(error) if delivery >= self.options.max_deliver => {
                 let reason = format!("gave up after {delivery} deliveries: {error:#}");
                 self.dead_letter(message, delivery, &reason).await
             }
-            Err(HandlerError::Transient(error)) => {
+            Err(error) => {
                 let delay = redelivery_delay(delivery);
                 tracing::warn!(event_id = %incoming.envelope.id, delivery, ?delay, error = %format!("{error:#}"), "event not applied; will retry");
                 ack(message, AckKind::Nak(Some(delay))).await;
@@ -984,9 +996,10 @@ mod tests {
     }
 
     #[test]
-    fn only_database_hiccups_are_retried_within_a_delivery() {
+    fn only_database_hiccups_and_early_events_are_retried_within_a_delivery() {
         assert!(HandlerError::from(sqlx::Error::PoolTimedOut).is_retryable_now());
         assert!(!HandlerError::from(sqlx::Error::RowNotFound).is_retryable_now());
         assert!(!HandlerError::Permanent("no".into()).is_retryable_now());
+        assert!(HandlerError::NotYet("order.placed has not arrived".into()).is_retryable_now());
     }
 }

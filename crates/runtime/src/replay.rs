@@ -303,6 +303,6 @@ fn decode(message: &jetstream::Message) -> anyhow::Result<Incoming> {
 fn anyhow_of(error: HandlerError) -> anyhow::Error {
     match error {
         HandlerError::Transient(error) => error,
-        HandlerError::Permanent(reason) => anyhow::anyhow!(reason),
+        HandlerError::NotYet(reason) | HandlerError::Permanent(reason) => anyhow::anyhow!(reason),
     }
 }

@@ -3,7 +3,6 @@
 //! Each reaction runs in the consumer's transaction, which also holds the inbox row and the
 //! outgoing events.
 
-use anyhow::anyhow;
 use events::Event;
 use events::order::OrderPlacedV2;
 use events::payment::PaymentAuthorized;
@@ -59,7 +58,7 @@ async fn locked_destination(
     store::load_destination_for_update(tx, order_id)
         .await?
         .ok_or_else(|| {
-            HandlerError::Transient(anyhow!(
+            HandlerError::NotYet(format!(
                 "no destination for order {order_id} yet: order.placed has not arrived"
             ))
         })

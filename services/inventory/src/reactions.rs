@@ -1,7 +1,6 @@
 //! Inventory's reactions to the saga: reserve on `order.placed`, release on a compensation,
 //! deduct on `order.completed`. Each runs in the consumer's transaction.
 
-use anyhow::anyhow;
 use events::Event;
 use runtime::consumer::{Handler, HandlerError, Incoming};
 use sqlx::PgConnection;
@@ -87,7 +86,7 @@ async fn reserve(
 async fn release(tx: &mut PgConnection, order_id: Uuid) -> Result<Vec<Event>, HandlerError> {
     let Some(reservation) = store::reservation_for_update(tx, order_id).await? else {
         // A compensation can only follow our own `inventory.reserved`; wait for the order.
-        return Err(HandlerError::Transient(anyhow!(
+        return Err(HandlerError::NotYet(format!(
             "no reservation for order {order_id} yet"
         )));
     };
@@ -118,7 +117,7 @@ async fn cancel(tx: &mut PgConnection, order_id: Uuid) -> Result<Vec<Event>, Han
 #[tracing::instrument(skip_all, fields(order_id = %order_id))]
 async fn commit(tx: &mut PgConnection, order_id: Uuid) -> Result<Vec<Event>, HandlerError> {
     let Some(reservation) = store::reservation_for_update(tx, order_id).await? else {
-        return Err(HandlerError::Transient(anyhow!(
+        return Err(HandlerError::NotYet(format!(
             "no reservation for order {order_id} yet"
         )));
     };

@@ -3,7 +3,6 @@
 //! shipment scheduled, or the order completed, cancelled or rejected. "Telling" is recording
 //! the notification and logging that it went out (without the address).
 
-use anyhow::anyhow;
 use events::Event;
 use runtime::consumer::{Handler, HandlerError, Incoming};
 use sqlx::PgConnection;
@@ -68,7 +67,7 @@ async fn notify(
         }
         // `order.placed` travels on its own stream and may simply be late: worth a retry.
         Decision::ContactUnknown => {
-            return Err(HandlerError::Transient(anyhow!(
+            return Err(HandlerError::NotYet(format!(
                 "no contact for order {order_id} yet: order.placed has not arrived"
             )));
         }

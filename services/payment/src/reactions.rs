@@ -3,7 +3,6 @@
 //! `fulfillment.failed`. Each reaction runs in the consumer's transaction, which also holds the
 //! inbox row and the outgoing events.
 
-use anyhow::anyhow;
 use events::Event;
 use events::order::OrderPlacedV2;
 use runtime::consumer::{Handler, HandlerError, Incoming};
@@ -160,7 +159,7 @@ fn unavailable(error: GatewayError) -> HandlerError {
 /// `order.placed` travels on another stream and may simply be late.
 async fn load(tx: &mut PgConnection, order_id: Uuid) -> Result<domain::Payment, HandlerError> {
     store::load_for_update(tx, order_id).await?.ok_or_else(|| {
-        HandlerError::Transient(anyhow!(
+        HandlerError::NotYet(format!(
             "no payment for order {order_id} yet: order.placed has not arrived"
         ))
     })

@@ -4,6 +4,11 @@
 //!
 //! Usage: `bench [saga-bench options]`; the URLs are the started system's. Exits 0 when sagas
 //! ended, 1 when none did, 2 on an error.
+//!
+//! Durability is as deployed: nats-server with `sync_interval: always`, Postgres with
+//! `synchronous_commit` on. To measure what they cost, `BENCH_NATS_SYNC_INTERVAL=2m` (the
+//! server's default) and `PGOPTIONS='-c synchronous_commit=off'` (read by every Postgres
+//! client, the services' and the bound's) relax them.
 
 use std::process::ExitCode;
 
@@ -56,9 +61,14 @@ async fn main() -> ExitCode {
 /// The system as it would be deployed: the services' own defaults rather than the test
 /// harness's short timeouts and small pools.
 async fn start() -> Result<System> {
+    // JetStream writes to disk before it acknowledges, as the deploy files configure it;
+    // `BENCH_NATS_SYNC_INTERVAL` (e.g. `2m`, nats-server's default) measures the trade-off.
+    let sync_interval =
+        std::env::var("BENCH_NATS_SYNC_INTERVAL").unwrap_or_else(|_| "always".to_owned());
     let mut options = SystemOptions {
         own_process_group: true,
         api_auth: ApiAuth::Tokens,
+        nats_sync_interval: Some(sync_interval),
         ..SystemOptions::default()
     };
     for service in Service::ALL {
@@ -70,6 +80,10 @@ async fn start() -> Result<System> {
             options = options.with_env(service, key, value);
         }
     }
-    eprintln!("starting nats-server and the five services");
+    eprintln!(
+        "starting nats-server (sync_interval {}) and the five services (PGOPTIONS {:?})",
+        options.nats_sync_interval.as_deref().unwrap_or("default"),
+        std::env::var("PGOPTIONS").unwrap_or_default()
+    );
     System::start(options).await
 }

@@ -88,10 +88,7 @@ async fn a_payment_before_the_order_is_known_is_retried_until_it_is() {
     let order_id = Uuid::now_v7();
 
     let early = deliver(&database.pool, payment_authorized(order_id)).await;
-    assert!(
-        matches!(early, Err(HandlerError::Transient(_))),
-        "{early:?}"
-    );
+    assert!(matches!(early, Err(HandlerError::NotYet(_))), "{early:?}");
 
     deliver(&database.pool, order_placed(order_id, "DE"))
         .await

@@ -58,10 +58,7 @@ async fn an_outcome_before_the_order_is_known_is_retried_until_it_is() {
     let order_id = Uuid::now_v7();
 
     let early = deliver(&database.pool, order_rejected(order_id)).await;
-    assert!(
-        matches!(early, Err(HandlerError::Transient(_))),
-        "{early:?}"
-    );
+    assert!(matches!(early, Err(HandlerError::NotYet(_))), "{early:?}");
     assert_eq!(kinds(&database, order_id).await, vec![]);
 
     deliver(&database.pool, order_placed(order_id, "c1@example.com"))

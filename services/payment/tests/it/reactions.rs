@@ -90,10 +90,7 @@ async fn reserved_stock_before_the_order_is_known_is_retried_until_it_is() {
     let order_id = Uuid::now_v7();
 
     let early = deliver(&database.pool, inventory_reserved(order_id)).await;
-    assert!(
-        matches!(early, Err(HandlerError::Transient(_))),
-        "{early:?}"
-    );
+    assert!(matches!(early, Err(HandlerError::NotYet(_))), "{early:?}");
 
     deliver(&database.pool, order_placed(order_id, "tok_ok", 2500))
         .await
@@ -149,10 +146,7 @@ async fn a_failed_fulfillment_refunds_the_authorized_amount_once() {
 async fn a_failed_fulfillment_before_the_order_is_known_is_retried_until_it_is() {
     let database = scratch_database().await;
     let early = deliver(&database.pool, fulfillment_failed(Uuid::now_v7())).await;
-    assert!(
-        matches!(early, Err(HandlerError::Transient(_))),
-        "{early:?}"
-    );
+    assert!(matches!(early, Err(HandlerError::NotYet(_))), "{early:?}");
 }
 
 #[tokio::test]
