@@ -148,17 +148,9 @@ async fn a_batch_whose_connection_dies_acks_nothing_it_did_not_commit() {
         connection_killer: Some("killer".to_owned()),
         ..Recorder::new(1..=3)
     });
-    // One transaction at a time, held by the first message until the next ones are all
-    // waiting for it: they then go as one batch, in which the killer dies after messages
-    // that were applied in their savepoints and before others.
-    recorder.gate.send_replace(false);
-    let consumer = setup.run_shared(recorder.clone(), options(1, Duration::from_secs(30)));
-    eventually("the first message holds the only slot", || async {
-        recorder.entered.load(Ordering::SeqCst) == 1
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    recorder.gate.send_replace(true);
+    // The killer dies in the batch after messages that were applied in their savepoints and
+    // before others.
+    let consumer = setup.run_as_one_batch(recorder.clone()).await;
     // Were those acked on a commit that never happened, their effects would never come.
     setup
         .wait_for_effects(published.len(), Duration::from_secs(60))
@@ -167,22 +159,14 @@ async fn a_batch_whose_connection_dies_acks_nothing_it_did_not_commit() {
 
     assert_eq!(recorder.kills.load(Ordering::SeqCst), 1);
     assert_in_order_per_key(&setup.effects().await);
-    let (effects, transactions): (i64, i64) =
-        sqlx::query_as("SELECT count(*), count(DISTINCT transaction) FROM effects")
-            .fetch_one(&setup.pool)
-            .await
-            .expect("failed to count the transactions");
-    assert!(
-        transactions < effects,
-        "{effects} effects in {transactions} transactions: nothing was batched"
-    );
+    setup.assert_batched().await;
 }
 
 #[tokio::test]
 async fn a_message_failing_last_in_a_batch_is_rolled_back_alone() {
     let setup = Setup::start().await;
-    // The first message takes the only slot; the rest arrive while it holds it and go as
-    // one batch, the poisoned one last, so its savepoint is the one COMMIT would release.
+    // The poisoned message is the batch's last, so its savepoint is the one COMMIT would
+    // release.
     let mut published: Vec<(String, i64)> = keys("sku", 7).into_iter().map(|k| (k, 1)).collect();
     published.push(("poisoned".to_owned(), 1));
     setup.publish(&published).await;
@@ -191,14 +175,7 @@ async fn a_message_failing_last_in_a_batch_is_rolled_back_alone() {
         fails_after_writing: Some("poisoned".to_owned()),
         ..Recorder::new(0..=0)
     });
-    recorder.gate.send_replace(false);
-    let consumer = setup.run_shared(recorder.clone(), options(1, Duration::from_secs(30)));
-    eventually("the first message holds the only slot", || async {
-        recorder.entered.load(Ordering::SeqCst) == 1
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    recorder.gate.send_replace(true);
+    let consumer = setup.run_as_one_batch(recorder.clone()).await;
     // It fails twice: in the batch, then alone, and is then left for a redelivery.
     eventually(
         "the poisoned message failed after writing its effect",
@@ -208,15 +185,7 @@ async fn a_message_failing_last_in_a_batch_is_rolled_back_alone() {
         },
     )
     .await;
-    let (effects, transactions): (i64, i64) =
-        sqlx::query_as("SELECT count(*), count(DISTINCT transaction) FROM effects")
-            .fetch_one(&setup.pool)
-            .await
-            .expect("failed to count the transactions");
-    assert!(
-        transactions < effects,
-        "{effects} effects in {transactions} transactions: nothing was batched"
-    );
+    setup.assert_batched().await;
     assert!(
         !setup.effects().await.iter().any(|e| e.key == "poisoned"),
         "the failed message's write was committed with its batch"
@@ -388,6 +357,33 @@ impl Setup {
     }
 
     /// Starts the consumer loop with `recorder` as its handler, as a service would.
+    /// Runs one transaction at a time, held by the first message until the others have all
+    /// arrived and wait for it: they then go as one batch, in publish order.
+    async fn run_as_one_batch(&self, recorder: Arc<Recorder>) -> Running {
+        recorder.gate.send_replace(false);
+        let consumer = self.run_shared(recorder.clone(), options(1, Duration::from_secs(30)));
+        eventually("the first message holds the only slot", || async {
+            recorder.entered.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        recorder.gate.send_replace(true);
+        consumer
+    }
+
+    /// Asserts that some effects shared a transaction.
+    async fn assert_batched(&self) {
+        let (effects, transactions): (i64, i64) =
+            sqlx::query_as("SELECT count(*), count(DISTINCT transaction) FROM effects")
+                .fetch_one(&self.pool)
+                .await
+                .expect("failed to count the transactions");
+        assert!(
+            transactions < effects,
+            "{effects} effects in {transactions} transactions: nothing was batched"
+        );
+    }
+
     fn run_shared(&self, recorder: Arc<Recorder>, options: ConsumerOptions) -> Running {
         let consumer = Consumer {
             name: CONSUMER.to_owned(),
