@@ -3,6 +3,7 @@
 //! They need the `testing` feature: `cargo test -p runtime --all-features`.
 #![cfg(feature = "testing")]
 
+mod inbox;
 mod nats_server;
 mod ordering;
 mod polling;
