@@ -3,7 +3,7 @@
 //! before a failure compensated.
 
 use e2e::api::{COUNTRY_UNSERVED, OrderRequest, PAYMENT_DECLINED};
-use e2e::polling::{SAGA_TIMEOUT, SETTLE_TIMEOUT};
+use e2e::polling::{Check, SAGA_TIMEOUT, SETTLE_TIMEOUT, wait_for};
 use e2e::system::{System, SystemOptions};
 
 #[tokio::test]
@@ -207,4 +207,66 @@ async fn an_order_that_cannot_ship_is_refunded_in_full_and_released() -> anyhow:
     let product = system.product("POLAR-MUG").await?;
     assert_eq!((product.on_hand, product.reserved), (10, 0));
     system.shutdown().await
+}
+
+#[tokio::test]
+async fn an_order_of_several_products_moves_all_of_their_stock_or_none() -> anyhow::Result<()> {
+    let system = System::start(SystemOptions::default()).await?;
+    for (sku, on_hand) in [("PAIR-CUP", 10), ("PAIR-SAUCER", 10), ("PAIR-SPOON", 1)] {
+        system
+            .put_product_and_wait_catalogue(sku, "Piece", 500, on_hand)
+            .await?;
+    }
+
+    // Completed: every line is deducted, once the completion reaches inventory.
+    let completed = system
+        .place_accepted_order(&OrderRequest::new("PAIR-CUP", 3).with_item("PAIR-SAUCER", 3))
+        .await?;
+    let order = system.wait_terminal(completed, SAGA_TIMEOUT).await?;
+    assert_eq!(order.status, "completed", "{order:?}");
+    wait_for_stock(&system, &[("PAIR-CUP", 7, 0), ("PAIR-SAUCER", 7, 0)]).await?;
+
+    // Rejected: one line cannot be held, so none is.
+    let rejected = system
+        .place_accepted_order(&OrderRequest::new("PAIR-CUP", 1).with_item("PAIR-SPOON", 2))
+        .await?;
+    let order = system.wait_terminal(rejected, SAGA_TIMEOUT).await?;
+    assert_eq!(
+        (order.status.as_str(), order.reason.as_deref()),
+        ("rejected", Some("out_of_stock")),
+        "{order:?}"
+    );
+    wait_for_stock(&system, &[("PAIR-CUP", 7, 0), ("PAIR-SPOON", 1, 0)]).await?;
+
+    // Cancelled after the card is declined: every line held is given back.
+    let declined = system
+        .place_accepted_order(
+            &OrderRequest::new("PAIR-CUP", 1)
+                .with_item("PAIR-SAUCER", 1)
+                .with_payment_method(PAYMENT_DECLINED),
+        )
+        .await?;
+    let order = system.wait_terminal(declined, SAGA_TIMEOUT).await?;
+    assert_eq!(order.status, "cancelled", "{order:?}");
+    wait_for_stock(&system, &[("PAIR-CUP", 7, 0), ("PAIR-SAUCER", 7, 0)]).await?;
+
+    system.check_invariants().await?;
+    system.shutdown().await
+}
+
+/// Waits until each `(sku, on_hand, reserved)` holds.
+async fn wait_for_stock(system: &System, expected: &[(&str, i64, i64)]) -> anyhow::Result<()> {
+    wait_for("the stock to settle", SETTLE_TIMEOUT, || async {
+        let mut seen = Vec::new();
+        for (sku, _, _) in expected {
+            let product = system.product(sku).await?;
+            seen.push((*sku, product.on_hand, product.reserved));
+        }
+        Ok(if seen == expected {
+            Check::Done(())
+        } else {
+            Check::NotYet(format!("{seen:?}"))
+        })
+    })
+    .await
 }
