@@ -110,26 +110,31 @@ pub async fn available(
     Ok(rows.into_iter().collect())
 }
 
-/// Adds `sign × quantity` to `reserved`, and when `deduct` also removes it from `on_hand`.
+/// Adds `sign × quantity` to `reserved`, and when `deduct` also removes it from `on_hand`,
+/// for every line in one statement (an order may have a hundred lines, and every statement
+/// is a round trip made while holding the `products` lock). Lines of one SKU are summed
+/// first: an `UPDATE … FROM` would change the row once, for one of them.
 async fn adjust(
     tx: &mut PgConnection,
     lines: &[StockLine],
     reserved_delta_sign: i64,
     deduct: bool,
 ) -> Result<(), sqlx::Error> {
-    for line in lines {
-        let quantity = i64::from(line.quantity);
-        let on_hand_delta = if deduct { -quantity } else { 0 };
-        sqlx::query(
-            "UPDATE products SET reserved = reserved + $2, on_hand = on_hand + $3, updated_at = now() \
-             WHERE sku = $1",
-        )
-        .bind(&line.sku)
-        .bind(reserved_delta_sign * quantity)
-        .bind(on_hand_delta)
-        .execute(&mut *tx)
-        .await?;
-    }
+    let skus: Vec<&str> = lines.iter().map(|line| line.sku.as_str()).collect();
+    let quantities: Vec<i64> = lines.iter().map(|line| i64::from(line.quantity)).collect();
+    sqlx::query(
+        "UPDATE products SET reserved = reserved + $3 * line.quantity, \
+         on_hand = on_hand - CASE WHEN $4 THEN line.quantity ELSE 0 END, updated_at = now() \
+         FROM (SELECT sku, sum(quantity)::bigint AS quantity \
+               FROM unnest($1::text[], $2::bigint[]) AS lines (sku, quantity) GROUP BY sku) AS line \
+         WHERE products.sku = line.sku",
+    )
+    .bind(&skus)
+    .bind(&quantities)
+    .bind(reserved_delta_sign)
+    .bind(deduct)
+    .execute(tx)
+    .await?;
     Ok(())
 }
 
