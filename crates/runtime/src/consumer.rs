@@ -676,7 +676,7 @@ impl<H: Handler> Consumer<H> {
         self.handler
             .shared_locks(incoming)
             .iter()
-            .map(|name| format!("shared:{name}"))
+            .map(|name| shared_lock(name))
     }
 
     /// Publishes the message to the DLQ stream with the reason, then terminates it. If the
@@ -758,9 +758,15 @@ impl<H: Handler> Consumer<H> {
 /// consumer, e.g. an HTTP request writing the rows a handler's shared lock guards, so that it
 /// takes turns with the handlers.
 pub async fn lock_shared(tx: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
-    let statements = lock_statements(vec![format!("shared:{name}")]);
+    let statements = lock_statements(vec![shared_lock(name)]);
     sqlx::raw_sql(AssertSqlSafe(statements)).execute(tx).await?;
     Ok(())
+}
+
+/// The lock name of the shared lock `name`, apart from the keys' (`key:<key>`), the same in
+/// the consumer and in [`lock_shared`].
+fn shared_lock(name: &str) -> String {
+    format!("shared:{name}")
 }
 
 /// Statements taking a transaction-level advisory lock on each name, sorted and once each:
