@@ -44,9 +44,10 @@ pub async fn cancel(
     let step = domain::cancel(saga, cancellation)
         .map_err(|AlreadyFinished(status)| CancelError::Finished(status))?;
     if let Some(outcome) = step.outcome {
-        store::save_saga(tx, order_id, &step.saga).await?;
         let event = announce(order_id, outcome)
             .map_err(|error| CancelError::Contract(error.to_string()))?;
+        let history = [(event.event_type(), Utc::now())];
+        store::save_step(tx, order_id, Some(&step.saga), &history).await?;
         let cause = Cause {
             correlationid: order_id.to_string(),
             causationid: None,
@@ -63,7 +64,6 @@ pub async fn cancel(
             .enqueue(tx, &event, Some(&cause))
             .instrument(span)
             .await?;
-        store::record_history(tx, order_id, event.event_type(), Utc::now()).await?;
         tracing::info!(%order_id, ?cancellation, "cancellation requested");
     }
     Ok(step.saga.status)

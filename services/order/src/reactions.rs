@@ -91,24 +91,22 @@ async fn advance(
     };
     let step = domain::react(saga, fact);
     let changed = (step.saga != saga).then_some(&step.saga);
-    let received = (
+    let event = step
+        .outcome
+        .map(|outcome| announce(order_id, outcome))
+        .transpose()?;
+    let mut history = vec![(
         incoming.envelope.event_type.as_str(),
         incoming.envelope.time,
-    );
-    let Some(outcome) = step.outcome else {
-        store::save_step(tx, order_id, changed, &[received]).await?;
-        return Ok(vec![]);
-    };
-    let event = announce(order_id, outcome)?;
-    store::save_step(
-        tx,
-        order_id,
-        changed,
-        &[received, (event.event_type(), Utc::now())],
-    )
-    .await?;
-    tracing::info!(status = step.saga.status.as_str(), "saga finished");
-    Ok(vec![event])
+    )];
+    if let Some(event) = &event {
+        history.push((event.event_type(), Utc::now()));
+    }
+    store::save_step(tx, order_id, changed, &history).await?;
+    if event.is_some() {
+        tracing::info!(status = step.saga.status.as_str(), "saga finished");
+    }
+    Ok(event.into_iter().collect())
 }
 
 /// The public event announcing an outcome (conversion at the edge).

@@ -78,27 +78,6 @@ pub async fn saga_for_update(
     .transpose()
 }
 
-pub async fn save_saga(
-    tx: &mut PgConnection,
-    order_id: Uuid,
-    saga: &Saga,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE orders SET status = $2, reason = $3, inventory_released = $4, \
-         payment_refunded = $5, fulfillment_cancelled = $6, updated_at = now() \
-         WHERE order_id = $1",
-    )
-    .bind(order_id)
-    .bind(saga.status.as_str())
-    .bind(saga.reason.map(Reason::as_str))
-    .bind(saga.inventory_released)
-    .bind(saga.payment_refunded)
-    .bind(saga.fulfillment_cancelled)
-    .execute(tx)
-    .await?;
-    Ok(())
-}
-
 /// Saves a saga step in one statement, one round trip: the saga's new state when it changed
 /// (`saga`), and the events to add to the order's history (one already there is kept).
 pub async fn save_step(
