@@ -187,8 +187,9 @@ pub async fn postgres_steps(
 }
 
 /// One saga step, through the same functions a service's consumer calls: its inbox row
-/// (`runtime::inbox::record`, after `before` in the same round trip), a row of saga state updated, an event into the outbox
-/// (`Outbox::enqueue`, which wraps and serialises the envelope).
+/// (`runtime::inbox::record`, after `before` in the same round trip), a row of saga state
+/// updated, an event into the outbox (`Outbox::enqueue`, which wraps and serialises the
+/// envelope).
 async fn apply_step(
     tx: &mut PgConnection,
     before: &str,

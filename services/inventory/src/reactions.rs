@@ -44,7 +44,7 @@ impl Handler for Reactions {
     /// before it writes a product), makes this service's writes take turns: a reservation
     /// decides on the stock it read, and two orders' events, or one order's events arriving
     /// through different consumers (a cancellation racing its reservation), never interleave.
-    /// So the handlers take no row locks of their own.
+    /// So the handlers take no row locks on products.
     fn shared_locks(&self, _incoming: &Incoming) -> &'static [&'static str] {
         &[PRODUCTS_LOCK]
     }
