@@ -269,7 +269,14 @@ async fn each_service_may_set_up_its_streams_publish_its_events_and_use_its_cons
                 .publish(event_subject(event_types[0]), "{}".into())
                 .await?
                 .await?;
-            let mut messages = consumer.fetch().max_messages(1).messages().await?;
+            // Not `fetch`: its no-wait request can reach the consumer before the server has
+            // told it of the message just stored, and be answered with nothing.
+            let mut messages = consumer
+                .batch()
+                .max_messages(1)
+                .expires(API_TIMEOUT)
+                .messages()
+                .await?;
             let message = messages
                 .next()
                 .await
