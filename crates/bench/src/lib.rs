@@ -426,6 +426,19 @@ pub fn summary(report: &Report) -> String {
                 p.p50_ms, p.p90_ms, p.p99_ms, p.p999_ms, p.max_ms
             );
         }
+        if !f.reactions.is_empty() {
+            let _ = writeln!(
+                out,
+                "  reactions, from the cause stored to the effect written:"
+            );
+        }
+        for (step, p) in &f.reactions {
+            let _ = writeln!(
+                out,
+                "    {step:<46} p50 {:>7.2} ms  p99 {:>7.2} ms  ({})",
+                p.p50_ms, p.p99_ms, p.count
+            );
+        }
         let per_saga = phase.per_saga;
         let _ = writeln!(
             out,

@@ -107,6 +107,8 @@ struct Inner {
     post: Histogram<u64>,
     /// Outbox-to-stream delays of every event stored during the phase.
     stored: Histogram<u64>,
+    /// Reaction times by step (`<cause type> → <effect type>`).
+    reactions: BTreeMap<String, Histogram<u64>>,
     /// Every second before the current one, summarised: only the current second keeps its
     /// histograms, so a long run does not hold one pair of histograms per second.
     seconds: Vec<Second>,
@@ -156,6 +158,7 @@ impl Recorder {
                 saga: histogram(),
                 post: histogram(),
                 stored: histogram(),
+                reactions: BTreeMap::new(),
                 seconds: Vec::new(),
                 current: Window::new(),
             }),
@@ -197,6 +200,17 @@ impl Recorder {
     pub fn stored(&self, delay: Duration) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         record(&mut inner.stored, delay);
+    }
+
+    /// A service wrote an event (`step` names its cause's type and its own) `delay` after
+    /// the event that caused it was stored on its stream.
+    pub fn reacted(&self, step: &str, delay: Duration) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let histogram = inner
+            .reactions
+            .entry(step.to_owned())
+            .or_insert_with(histogram);
+        record(histogram, delay);
     }
 
     /// Something went wrong; `kind` groups it in the report.
@@ -254,6 +268,11 @@ impl Recorder {
             saga_latency: Percentiles::of(&inner.saga),
             post_latency: Percentiles::of(&inner.post),
             outbox_to_stream: Percentiles::of(&inner.stored),
+            reactions: inner
+                .reactions
+                .iter()
+                .map(|(step, histogram)| (step.clone(), Percentiles::of(histogram)))
+                .collect(),
             seconds,
         }
     }
@@ -281,6 +300,11 @@ pub struct PhaseFigures {
     /// Every event stored on a stream during the phase, from when it was written to an
     /// outbox (its envelope's time) to when its stream stored it (the stream's timestamp).
     pub outbox_to_stream: Percentiles,
+    /// Every reaction during the phase, by step (`<cause type> → <effect type>`): from when
+    /// the cause was stored on its stream to when the service that consumed it wrote the
+    /// effect to its outbox (delivery, the transaction's wait and the handler's work up to
+    /// then). A saga's critical path is its steps' reactions and outbox-to-stream delays.
+    pub reactions: BTreeMap<String, Percentiles>,
     pub seconds: Vec<Second>,
 }
 

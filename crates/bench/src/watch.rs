@@ -7,6 +7,10 @@
 //! envelope, which `Outbox::enqueue` sets when the event is written, inside the transaction
 //! that writes it. So the delay covers the rest of that transaction, its commit, the relay's
 //! wake-up and the publish: everything between deciding on an event and its being stored.
+//!
+//! The same consumers time each reaction: from when an event was stored to when the service
+//! that consumed it wrote the event it caused (its envelope's `causationid`). A saga's
+//! critical path alternates the two, so together they show where its time goes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -46,6 +50,93 @@ struct Table {
     awaited: HashMap<Uuid, Awaited>,
     /// Endings seen before the `202` that names their order reached the bench.
     early: HashMap<Uuid, Ending>,
+}
+
+/// Nanoseconds since the Unix epoch.
+type Nanos = i128;
+
+/// An event stored on a stream, as far as timing its reactions needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    pub id: Uuid,
+    pub event_type: String,
+    pub causationid: Option<Uuid>,
+    /// When its service wrote it to the outbox (its envelope's time).
+    pub written: Nanos,
+    /// When its stream stored it.
+    pub stored: Nanos,
+}
+
+/// Pairs every event with its cause, whichever of the two the bench sees first: each stream
+/// has its own consumer, so an effect can arrive before its cause on another stream.
+#[derive(Debug, Default)]
+pub struct Reactions {
+    /// Recent events that may still have effects to come: their stored time and type.
+    causes: HashMap<Uuid, (Nanos, String)>,
+    /// Effects whose cause the bench has not seen yet, by cause: written time and type.
+    orphans: HashMap<Uuid, Vec<(Nanos, String)>>,
+}
+
+/// Events older than this are forgotten once the tables grow past `REACTIONS_KEPT`: a
+/// reaction that takes longer is not timed.
+const REACTIONS_HORIZON: Nanos = 60_000_000_000;
+const REACTIONS_KEPT: usize = 200_000;
+
+impl Reactions {
+    /// Takes in an event; returns the reactions it completes, as (`<cause> → <effect>`,
+    /// how long after the cause was stored the effect was written).
+    pub fn seen(&mut self, event: Stored) -> Vec<(String, Duration)> {
+        let mut timed = Vec::new();
+        if let Some(effects) = self.orphans.remove(&event.id) {
+            for (written, effect_type) in effects {
+                timed.push(reaction(
+                    &event.event_type,
+                    event.stored,
+                    &effect_type,
+                    written,
+                ));
+            }
+        }
+        if let Some(cause) = event.causationid {
+            match self.causes.get(&cause) {
+                Some((stored, cause_type)) => timed.push(reaction(
+                    cause_type,
+                    *stored,
+                    &event.event_type,
+                    event.written,
+                )),
+                None => self
+                    .orphans
+                    .entry(cause)
+                    .or_default()
+                    .push((event.written, event.event_type.clone())),
+            }
+        }
+        self.causes
+            .insert(event.id, (event.stored, event.event_type));
+        self.forget_before(event.stored - REACTIONS_HORIZON);
+        timed
+    }
+
+    fn forget_before(&mut self, horizon: Nanos) {
+        if self.causes.len() > REACTIONS_KEPT {
+            self.causes.retain(|_, (stored, _)| *stored >= horizon);
+        }
+        if self.orphans.len() > REACTIONS_KEPT {
+            self.orphans
+                .retain(|_, effects| effects.iter().any(|(written, _)| *written >= horizon));
+        }
+    }
+}
+
+fn reaction(
+    cause_type: &str,
+    stored: Nanos,
+    effect_type: &str,
+    written: Nanos,
+) -> (String, Duration) {
+    let delay = Duration::from_nanos(u64::try_from((written - stored).max(0)).unwrap_or(u64::MAX));
+    (format!("{cause_type} → {effect_type}"), delay)
 }
 
 /// Watches the terminal events and matches them to the orders the bench placed.
@@ -90,9 +181,18 @@ impl Watcher {
             }
         });
         let phase = Arc::new(Mutex::new(None));
+        let reactions = Arc::new(Mutex::new(Reactions::default()));
         let mut tasks = vec![task];
         for context in events::streams::Context::ALL {
-            tasks.push(watch_delays(jetstream, context, Arc::clone(&phase)).await?);
+            tasks.push(
+                watch_delays(
+                    jetstream,
+                    context,
+                    Arc::clone(&phase),
+                    Arc::clone(&reactions),
+                )
+                .await?,
+            );
         }
         Ok(Watcher {
             table,
@@ -164,11 +264,13 @@ impl Drop for Watcher {
 }
 
 /// Records, for every event stored on `context`'s stream from now on, how long after its
-/// envelope's time the stream stored it, in the phase `phase` names.
+/// envelope's time the stream stored it, and the reactions it completes, in the phase
+/// `phase` names.
 async fn watch_delays(
     jetstream: &jetstream::Context,
     context: events::streams::Context,
     phase: Arc<Mutex<Option<Arc<Recorder>>>>,
+    reactions: Arc<Mutex<Reactions>>,
 ) -> anyhow::Result<JoinHandle<()>> {
     let stream = jetstream
         .get_stream(context.stream())
@@ -199,11 +301,25 @@ async fn watch_delays(
             let Some(written) = envelope.time.timestamp_nanos_opt() else {
                 continue;
             };
-            let nanos = info.published.unix_timestamp_nanos() - i128::from(written);
+            let stored = info.published.unix_timestamp_nanos();
+            let nanos = stored - i128::from(written);
             let delay = Duration::from_nanos(u64::try_from(nanos.max(0)).unwrap_or(u64::MAX));
+            let timed = reactions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .seen(Stored {
+                    id: envelope.id,
+                    event_type: envelope.event_type,
+                    causationid: envelope.causationid,
+                    written: i128::from(written),
+                    stored,
+                });
             let recorder = phase.lock().unwrap_or_else(|e| e.into_inner()).clone();
             if let Some(recorder) = recorder {
                 recorder.stored(delay);
+                for (step, delay) in timed {
+                    recorder.reacted(&step, delay);
+                }
             }
         }
     }))
@@ -254,4 +370,61 @@ fn ending_of(payload: &[u8], at: Instant) -> Option<(Uuid, Ending)> {
             reason,
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Nanos = 1_000_000;
+
+    fn event(event_type: &str, causationid: Option<Uuid>, written: Nanos, stored: Nanos) -> Stored {
+        Stored {
+            id: Uuid::now_v7(),
+            event_type: event_type.to_owned(),
+            causationid,
+            written,
+            stored,
+        }
+    }
+
+    #[test]
+    fn a_reaction_is_timed_from_its_causes_storing_to_its_own_writing() {
+        let mut reactions = Reactions::default();
+        let placed = event("order.placed", None, 0, 2 * MS);
+        let reserved = event("inventory.reserved", Some(placed.id), 9 * MS, 12 * MS);
+        assert!(reactions.seen(placed).is_empty());
+        assert_eq!(
+            reactions.seen(reserved),
+            [(
+                "order.placed → inventory.reserved".to_owned(),
+                Duration::from_millis(7)
+            )]
+        );
+    }
+
+    #[test]
+    fn an_effect_seen_before_its_cause_waits_for_it() {
+        let mut reactions = Reactions::default();
+        let placed = event("order.placed", None, 0, 2 * MS);
+        let reserved = event("inventory.reserved", Some(placed.id), 5 * MS, 6 * MS);
+        let rejected = event("inventory.rejected", Some(placed.id), 7 * MS, 8 * MS);
+        assert!(reactions.seen(reserved).is_empty());
+        assert!(reactions.seen(rejected).is_empty());
+        let mut timed = reactions.seen(placed);
+        timed.sort();
+        assert_eq!(
+            timed,
+            [
+                (
+                    "order.placed → inventory.rejected".to_owned(),
+                    Duration::from_millis(5)
+                ),
+                (
+                    "order.placed → inventory.reserved".to_owned(),
+                    Duration::from_millis(3)
+                ),
+            ]
+        );
+    }
 }
