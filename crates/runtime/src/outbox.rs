@@ -13,6 +13,10 @@
 //! JetStream drops it as a duplicate within its window (the consumers' inboxes after that).
 //! The `published_at` column stays in the schema but is no longer set: a row is pending
 //! exactly when it exists, and `published_at IS NULL` still selects the pending ones.
+//!
+//! A round is two round trips to Postgres: `BEGIN` goes with the claim, and the `DELETE` with
+//! `COMMIT` ([`Claim`]). Each hop of a saga waits for one relay round, so what a round waits
+//! for is on every saga's critical path.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -22,8 +26,9 @@ use chrono::Utc;
 use events::Event;
 use events::envelope::{Envelope, Metadata};
 use futures::future::join_all;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgListener;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{AssertSqlSafe, FromRow, PgConnection, PgPool, Postgres};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
 use uuid::Uuid;
@@ -104,7 +109,7 @@ pub struct Relay {
     pub crash_after_publish_ack: Option<String>,
 }
 
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug, FromRow)]
 struct PendingRow {
     id: i64,
     event_id: Uuid,
@@ -176,15 +181,9 @@ impl Relay {
 
     /// One round: claim, publish, await acks, delete the acked rows.
     async fn publish_batch(&self) -> anyhow::Result<Round> {
-        let mut tx = self.pool.begin().await?;
-        let rows: Vec<PendingRow> = sqlx::query_as(
-            "SELECT id, event_id, subject, payload, headers FROM outbox \
-             WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-        )
-        .bind(BATCH_SIZE)
-        .fetch_all(&mut *tx)
-        .await?;
+        let (claim, rows) = Claim::begin(&self.pool).await?;
         if rows.is_empty() {
+            claim.end(&[]).await?;
             return Ok(Round::default());
         }
 
@@ -259,16 +258,70 @@ impl Relay {
 
         // In the claiming transaction: the rows stay locked until they are gone, so no other
         // relay can claim an acked row in between. Rows whose publish failed stay pending.
-        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-            .bind(&acked)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        claim.end(&acked).await?;
         tracing::debug!(published = acked.len(), "outbox relay round");
         Ok(Round {
             claimed: rows.len() as i64,
             published: acked.len() as i64,
         })
+    }
+}
+
+/// A relay round's transaction, begun and ended by hand so that `BEGIN` rides with the claim
+/// and the `DELETE` with `COMMIT`: two round trips, where sqlx's `Transaction` takes four.
+/// sqlx does not know this connection is in a transaction, so one dropped before [`end`]
+/// (an error, a cancelled round) is closed instead of going back to the pool, and the server
+/// rolls its transaction back, releasing the claimed rows.
+///
+/// [`end`]: Claim::end
+struct Claim {
+    connection: PoolConnection<Postgres>,
+    open: bool,
+}
+
+impl Claim {
+    /// Begins a transaction and claims up to a batch of pending rows, oldest first.
+    async fn begin(pool: &PgPool) -> Result<(Claim, Vec<PendingRow>), sqlx::Error> {
+        let mut claim = Claim {
+            connection: pool.acquire().await?,
+            open: true,
+        };
+        // Sent together as one simple query, which takes no parameters: the limit is written in.
+        let begin_and_claim = format!(
+            "BEGIN; SELECT id, event_id, subject, payload, headers FROM outbox \
+             WHERE published_at IS NULL ORDER BY id LIMIT {BATCH_SIZE} FOR UPDATE SKIP LOCKED"
+        );
+        let rows = sqlx::raw_sql(AssertSqlSafe(begin_and_claim))
+            .fetch_all(&mut *claim.connection)
+            .await?
+            .iter()
+            .map(PendingRow::from_row)
+            .collect::<Result<_, _>>()?;
+        Ok((claim, rows))
+    }
+
+    /// Deletes the rows `published` and commits.
+    async fn end(mut self, published: &[i64]) -> Result<(), sqlx::Error> {
+        let sql = if published.is_empty() {
+            "COMMIT".to_owned()
+        } else {
+            // Ids the claim read back, so nothing but digits and commas goes into the text.
+            let ids: Vec<String> = published.iter().map(i64::to_string).collect();
+            format!("DELETE FROM outbox WHERE id IN ({}); COMMIT", ids.join(","))
+        };
+        sqlx::raw_sql(AssertSqlSafe(sql))
+            .execute(&mut *self.connection)
+            .await?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if self.open {
+            self.connection.close_on_drop();
+        }
     }
 }
 
@@ -309,5 +362,78 @@ async fn wait_for_notification(listener: &mut Option<PgListener>) -> bool {
         // meanwhile are gone, so the caller listens again and drains everything pending.
         Some(listener) => matches!(listener.try_recv().await, Ok(Some(_))),
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use events::inventory::ProductUpdated;
+    use sqlx::migrate::Migrator;
+
+    use super::*;
+    use crate::testing::ScratchDatabase;
+
+    async fn enqueue(pool: &PgPool, count: usize) {
+        let outbox = Outbox::new("claim-test");
+        let mut tx = pool.begin().await.expect("failed to begin");
+        for n in 0..count {
+            let event = Event::ProductUpdated(ProductUpdated {
+                sku: format!("sku-{n}"),
+                name: format!("Product {n}"),
+                price_cents: 100,
+            });
+            outbox
+                .enqueue(&mut tx, &event, None)
+                .await
+                .expect("failed to enqueue");
+        }
+        tx.commit().await.expect("failed to commit");
+    }
+
+    /// Claims again until the rows a dropped claim held are free (its connection closes in
+    /// the background) or a few seconds pass.
+    async fn claim_eventually(pool: &PgPool, expected: usize) -> (Claim, Vec<PendingRow>) {
+        for _ in 0..50 {
+            let (claim, rows) = Claim::begin(pool).await.expect("failed to claim");
+            if rows.len() == expected {
+                return (claim, rows);
+            }
+            claim.end(&[]).await.expect("failed to end an empty claim");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the rows were not released");
+    }
+
+    #[tokio::test]
+    async fn a_claim_dropped_before_its_end_releases_its_rows_and_leaves_no_open_transaction() {
+        let database =
+            ScratchDatabase::create("claim", &Migrator::with_migrations(Vec::new())).await;
+        enqueue(&database.pool, 3).await;
+
+        let (claim, rows) = Claim::begin(&database.pool).await.expect("failed to claim");
+        assert_eq!(rows.len(), 3);
+        // A second claim meanwhile skips the locked rows.
+        let (other, none) = Claim::begin(&database.pool).await.expect("failed to claim");
+        assert!(none.is_empty());
+        other.end(&[]).await.expect("failed to end");
+        drop(claim);
+
+        let (claim, rows) = claim_eventually(&database.pool, 3).await;
+        let first: Vec<i64> = rows.iter().take(2).map(|row| row.id).collect();
+        claim.end(&first).await.expect("failed to end");
+        let left: Vec<i64> = sqlx::query_scalar("SELECT id FROM outbox")
+            .fetch_all(&database.pool)
+            .await
+            .expect("failed to read the outbox");
+        assert_eq!(left, [rows[2].id]);
+
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+        )
+        .fetch_one(&database.pool)
+        .await
+        .expect("failed to read pg_stat_activity");
+        assert_eq!(open, 0);
     }
 }
