@@ -56,18 +56,18 @@ async fn reserve(
     order_id: Uuid,
     lines: Vec<events::inventory::StockLine>,
 ) -> Result<Vec<Event>, HandlerError> {
-    if store::reservation_for_update(tx, order_id).await?.is_some() {
+    let skus: Vec<String> = lines.iter().map(|line| line.sku.clone()).collect();
+    let inputs = store::reserve_inputs(tx, order_id, &skus).await?;
+    if inputs.decided {
         // The same order placed again under a new event id: decided already.
         return Ok(vec![]);
     }
-    if store::is_cancelled(tx, order_id).await? {
+    if inputs.cancelled {
         // The cancellation overtook the order: never hold stock for it.
         tracing::info!("order cancelled before it was reserved; not reserving");
         return Ok(vec![]);
     }
-    let skus: Vec<String> = lines.iter().map(|line| line.sku.clone()).collect();
-    let available = store::available(tx, &skus).await?;
-    match domain::reserve(order_id, lines, &available) {
+    match domain::reserve(order_id, lines, &inputs.available) {
         ReserveDecision::Reserve { reservation, event } => {
             store::hold(tx, &reservation.items).await?;
             store::save_reservation(tx, &reservation).await?;

@@ -92,22 +92,51 @@ pub async fn upsert_product(
     .map_err(SaveProductError::Database)
 }
 
-/// The units available for each SKU that exists. Read without a row lock: the service's
-/// `products` lock (see `Reactions::shared_locks`) already keeps every writer out until the
-/// transaction ends. A row lock as well would be redundant, and costly: a batch applies each
-/// message in its own savepoint, and locking a row version that a sibling savepoint wrote
-/// makes Postgres record the lockers in a MultiXact, one more per message on a hot product
-/// (measured: a third of the inventory database's CPU under load).
-pub async fn available(
+/// What deciding on an order's reservation needs to know.
+#[derive(Debug, Default)]
+pub struct ReserveInputs {
+    /// The order has a reservation already: it was decided on.
+    pub decided: bool,
+    /// The order's cancellation arrived first.
+    pub cancelled: bool,
+    /// The units available for each of its SKUs that exists.
+    pub available: HashMap<String, i64>,
+}
+
+/// Everything `reserve` reads, in one statement (one round trip, made while holding the
+/// `products` lock). Read without row locks: the consumer's lock on the order's key keeps
+/// other messages of the order out, and the service's `products` lock (see
+/// `Reactions::shared_locks`) every writer of stock, until the transaction ends. Row locks as
+/// well would be redundant, and costly: a batch applies each message in its own savepoint,
+/// and locking a row version that a sibling savepoint wrote makes Postgres record the lockers
+/// in a MultiXact, one more per message on a hot product (measured: a third of the inventory
+/// database's CPU under load).
+pub async fn reserve_inputs(
     tx: &mut PgConnection,
+    order_id: Uuid,
     skus: &[String],
-) -> Result<HashMap<String, i64>, sqlx::Error> {
-    let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT sku, on_hand - reserved FROM products WHERE sku = ANY($1)")
-            .bind(skus)
-            .fetch_all(tx)
-            .await?;
-    Ok(rows.into_iter().collect())
+) -> Result<ReserveInputs, sqlx::Error> {
+    // The flags come on every row, and on one row with no SKU when no product matches.
+    let rows: Vec<(bool, bool, Option<String>, Option<i64>)> = sqlx::query_as(
+        "SELECT o.decided, o.cancelled, p.sku, p.available \
+         FROM (SELECT EXISTS (SELECT 1 FROM reservations WHERE order_id = $1) AS decided, \
+                      EXISTS (SELECT 1 FROM cancellations WHERE order_id = $1) AS cancelled) AS o \
+         LEFT JOIN (SELECT sku, on_hand - reserved AS available FROM products \
+                    WHERE sku = ANY($2)) AS p ON true",
+    )
+    .bind(order_id)
+    .bind(skus)
+    .fetch_all(tx)
+    .await?;
+    let mut inputs = ReserveInputs::default();
+    for (decided, cancelled, sku, available) in rows {
+        inputs.decided = decided;
+        inputs.cancelled = cancelled;
+        if let (Some(sku), Some(available)) = (sku, available) {
+            inputs.available.insert(sku, available);
+        }
+    }
+    Ok(inputs)
 }
 
 /// Adds `sign × quantity` to `reserved`, and when `deduct` also removes it from `on_hand`,
@@ -204,11 +233,4 @@ pub async fn remember_cancellation(
             .execute(tx)
             .await?;
     Ok(inserted.rows_affected() == 1)
-}
-
-pub async fn is_cancelled(tx: &mut PgConnection, order_id: Uuid) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM cancellations WHERE order_id = $1)")
-        .bind(order_id)
-        .fetch_one(tx)
-        .await
 }

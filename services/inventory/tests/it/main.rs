@@ -2,3 +2,4 @@
 //! own database on `TEST_POSTGRES_URL` (else the local trust-auth server).
 
 mod openapi;
+mod reactions;
