@@ -80,10 +80,25 @@ async fn start() -> Result<System> {
             options = options.with_env(service, key, value);
         }
     }
+    // Settings to try on one service, e.g. `inventory:CONSUMER_BATCH=64`, separated by spaces.
+    if let Ok(settings) = std::env::var("BENCH_SERVICE_ENV") {
+        for setting in settings.split_whitespace() {
+            let parsed = setting.split_once(':').and_then(|(name, assignment)| {
+                let service = Service::ALL.into_iter().find(|s| s.name() == name)?;
+                let (key, value) = assignment.split_once('=')?;
+                Some((service, key, value))
+            });
+            let Some((service, key, value)) = parsed else {
+                anyhow::bail!("BENCH_SERVICE_ENV: {setting:?} is not <service>:<KEY>=<value>");
+            };
+            options = options.with_env(service, key, value);
+        }
+    }
     eprintln!(
-        "starting nats-server (sync_interval {}) and the five services (PGOPTIONS {:?})",
+        "starting nats-server (sync_interval {}) and the five services (PGOPTIONS {:?}, BENCH_SERVICE_ENV {:?})",
         options.nats_sync_interval.as_deref().unwrap_or("default"),
-        std::env::var("PGOPTIONS").unwrap_or_default()
+        std::env::var("PGOPTIONS").unwrap_or_default(),
+        std::env::var("BENCH_SERVICE_ENV").unwrap_or_default()
     );
     System::start(options).await
 }
