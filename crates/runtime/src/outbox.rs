@@ -19,13 +19,16 @@
 //! for is on every saga's critical path.
 
 use std::collections::HashMap;
+use std::pin::pin;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
 use chrono::Utc;
 use events::Event;
 use events::envelope::{Envelope, Metadata};
+use futures::StreamExt;
 use futures::future::join_all;
+use futures::stream::FuturesUnordered;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgListener;
 use sqlx::{AssertSqlSafe, FromRow, PgConnection, PgPool, Postgres};
@@ -38,6 +41,9 @@ use crate::telemetry;
 
 /// Rows claimed and published per relay round.
 const BATCH_SIZE: i64 = 256;
+
+/// Rounds whose publishes are out and whose acks are awaited at once; see [`Relay::run`].
+const ROUNDS_IN_FLIGHT: usize = 2;
 
 /// Writes events into the outbox; `source` names the producing service.
 #[derive(Debug, Clone)]
@@ -120,25 +126,69 @@ struct PendingRow {
 
 impl Relay {
     /// Runs the relay until `stop` is cancelled, then publishes what is left once more.
+    ///
+    /// Rounds overlap: once a round's publishes are out, the next may claim and send while
+    /// the first waits for its acks (`ROUNDS_IN_FLIGHT`), so an event committed meanwhile
+    /// does not wait for them too. The next round skips the rows still locked by the first,
+    /// and its publishes go out on the same connection after the first's, so the stream
+    /// stores them in outbox order.
     pub async fn run(self, stop: CancellationToken) {
         let mut listener = self.listen().await;
+        let mut settling = FuturesUnordered::new();
+        // Rows may be pending: at start, after a wake-up, after a full round.
+        let mut more = true;
         loop {
-            self.drain().await;
+            if more && settling.len() < ROUNDS_IN_FLIGHT {
+                more = false;
+                // The rounds in flight go on meanwhile: the claim may be waiting for a pooled
+                // connection that only one of them can give back.
+                let mut claiming = pin!(self.claim_and_send());
+                let claimed = loop {
+                    tokio::select! {
+                        claimed = &mut claiming => break claimed,
+                        Some(settled) = settling.next(), if !settling.is_empty() => {
+                            settled_round(settled);
+                        }
+                    }
+                };
+                match claimed {
+                    Ok(Some(sent)) => {
+                        more = sent.rows.len() as i64 == BATCH_SIZE;
+                        settling.push(self.settle(sent));
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::warn!(error = %format!("{error:#}"), "outbox relay round failed; will retry");
+                    }
+                }
+                continue;
+            }
             tokio::select! {
                 () = stop.cancelled() => break,
+                Some(settled) = settling.next(), if !settling.is_empty() => {
+                    // Rows left pending are retried on the next wake-up, not in a tight loop.
+                    if !settled_round(settled) {
+                        more = false;
+                    }
+                }
                 woken = wait_for_notification(&mut listener) => {
                     if !woken {
                         // The listening connection broke: notifications sent meanwhile are
-                        // lost, so reconnect and rely on the full drain at the top.
+                        // lost, so reconnect and claim whatever is pending.
                         listener = self.listen().await;
                     }
+                    more = true;
                 }
                 () = tokio::time::sleep(self.poll_interval) => {
                     if listener.is_none() {
                         listener = self.listen().await;
                     }
+                    more = true;
                 }
             }
+        }
+        while let Some(settled) = settling.next().await {
+            settled_round(settled);
         }
         self.drain().await;
     }
@@ -160,7 +210,7 @@ impl Relay {
         }
     }
 
-    /// Publishes rounds until fewer rows than a full batch are pending.
+    /// Publishes rounds, one at a time, until fewer rows than a full batch are pending.
     async fn drain(&self) {
         loop {
             match self.publish_batch().await {
@@ -181,10 +231,19 @@ impl Relay {
 
     /// One round: claim, publish, await acks, delete the acked rows.
     async fn publish_batch(&self) -> anyhow::Result<Round> {
+        match self.claim_and_send().await? {
+            Some(sent) => self.settle(sent).await,
+            None => Ok(Round::default()),
+        }
+    }
+
+    /// The first half of a round: claims pending rows and sends their publishes, without
+    /// waiting for the acks. `None` when nothing is pending.
+    async fn claim_and_send(&self) -> anyhow::Result<Option<Sent>> {
         let (claim, rows) = Claim::begin(&self.pool).await?;
         if rows.is_empty() {
             claim.end(&[]).await?;
-            return Ok(Round::default());
+            return Ok(None);
         }
 
         // Send every publish before awaiting any ack, so the batch costs one round trip.
@@ -220,6 +279,20 @@ impl Relay {
                 }
             }
         }
+        Ok(Some(Sent {
+            claim,
+            rows,
+            pending,
+        }))
+    }
+
+    /// The second half of a round: awaits the acks, then deletes the acked rows and commits.
+    async fn settle(&self, sent: Sent) -> anyhow::Result<Round> {
+        let Sent {
+            claim,
+            rows,
+            pending,
+        } = sent;
         let (ids, spans): (Vec<i64>, Vec<Span>) = pending
             .iter()
             .map(|(id, span, _)| (*id, span.clone()))
@@ -349,10 +422,29 @@ fn inject_context(span: &Span, headers: &mut async_nats::HeaderMap) {
     }
 }
 
+/// A round whose publishes are out: its claim, its rows, and the acks still to come (for
+/// the rows up to the first publish that could not be sent).
+struct Sent {
+    claim: Claim,
+    rows: Vec<PendingRow>,
+    pending: Vec<(i64, Span, PublishAckFuture)>,
+}
+
 #[derive(Debug, Default)]
 struct Round {
     claimed: i64,
     published: i64,
+}
+
+/// Reports a round that has settled; true when it published every row it claimed.
+fn settled_round(settled: anyhow::Result<Round>) -> bool {
+    match settled {
+        Ok(round) => round.published == round.claimed,
+        Err(error) => {
+            tracing::warn!(error = %format!("{error:#}"), "outbox relay round failed; will retry");
+            false
+        }
+    }
 }
 
 /// Waits for the next notification; false when the listener is missing or broke.
