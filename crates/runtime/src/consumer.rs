@@ -16,8 +16,9 @@
 //! commit that applied it. A batch never holds two messages of one key.
 //!
 //! Round trips, not statements, are what a transaction waits for, so the statements without
-//! parameters ride together: `BEGIN` with the batch's advisory locks, and each message's
-//! savepoint with the end of the previous one and its own inbox row ([`inbox::record`]).
+//! parameters ride together: `BEGIN` with the advisory locks (and, for a message alone, its
+//! inbox row), and each message's savepoint with the end of the previous one and its own
+//! inbox row ([`inbox::record`]).
 //!
 //! # Ordering
 //!
@@ -80,7 +81,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
 
-use crate::database::{self, is_transient};
+use crate::database::{self, RawTransaction, is_transient};
 use crate::inbox;
 use crate::metrics::{Metrics, Processed};
 use crate::outbox::{Cause, Outbox};
@@ -640,17 +641,31 @@ impl<H: Handler> Consumer<H> {
             .await
     }
 
+    /// One message in a transaction of its own: `BEGIN`, the advisory locks and the inbox row
+    /// go in one round trip ([`RawTransaction`]).
     async fn apply_in_transaction(&self, incoming: &Incoming) -> Result<Applied, HandlerError> {
-        let mut tx = self.pool.begin().await?;
-        let locks = lock_statements(self.shared_locks_of(incoming).collect());
-        let applied = if inbox::record(&mut tx, &locks, &self.name, incoming.envelope.id).await? {
-            Applied::Fresh(self.apply_effects(&mut tx, incoming).await?)
+        let first = format!(
+            "{}{}",
+            lock_statements(self.shared_locks_of(incoming).collect()),
+            inbox::insert(&self.name, incoming.envelope.id)
+        );
+        let (mut tx, results) = RawTransaction::begin(&self.pool, &first).await?;
+        let applied = if inbox::inserted(&results) {
+            match self.apply_effects(&mut tx, incoming).await {
+                Ok(outgoing) => Applied::Fresh(outgoing),
+                Err(error) => {
+                    // Back to the pool rolled back; should the rollback fail, dropping the
+                    // transaction closes its connection instead.
+                    let _ = tx.rollback().await;
+                    return Err(error);
+                }
+            }
         } else {
             Applied::Duplicate
         };
         // Only an Ok commit lets the caller ack: a lost connection during COMMIT leaves the
         // outcome unknown, and redelivery plus the inbox settle it.
-        tx.commit().await?;
+        tx.commit("").await?;
         Ok(applied)
     }
 

@@ -15,7 +15,7 @@
 //! exactly when it exists, and `published_at IS NULL` still selects the pending ones.
 //!
 //! A round is two round trips to Postgres: `BEGIN` goes with the claim, and the `DELETE` with
-//! `COMMIT` ([`Claim`]). Each hop of a saga waits for one relay round, so what a round waits
+//! `COMMIT` ([`RawTransaction`]). Each hop of a saga waits for one relay round, so what a round waits
 //! for is on every saga's critical path.
 
 use std::collections::HashMap;
@@ -29,13 +29,13 @@ use events::envelope::{Envelope, Metadata};
 use futures::StreamExt;
 use futures::future::join_all;
 use futures::stream::FuturesUnordered;
-use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgListener;
-use sqlx::{AssertSqlSafe, FromRow, PgConnection, PgPool, Postgres};
+use sqlx::{FromRow, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
 use uuid::Uuid;
 
+use crate::database::RawTransaction;
 use crate::metrics::Metrics;
 use crate::telemetry;
 
@@ -240,9 +240,9 @@ impl Relay {
     /// The first half of a round: claims pending rows and sends their publishes, without
     /// waiting for the acks. `None` when nothing is pending.
     async fn claim_and_send(&self) -> anyhow::Result<Option<Sent>> {
-        let (claim, rows) = Claim::begin(&self.pool).await?;
+        let (claim, rows) = begin_claim(&self.pool).await?;
         if rows.is_empty() {
-            claim.end(&[]).await?;
+            end_claim(claim, &[]).await?;
             return Ok(None);
         }
 
@@ -331,7 +331,7 @@ impl Relay {
 
         // In the claiming transaction: the rows stay locked until they are gone, so no other
         // relay can claim an acked row in between. Rows whose publish failed stay pending.
-        claim.end(&acked).await?;
+        end_claim(claim, &acked).await?;
         tracing::debug!(published = acked.len(), "outbox relay round");
         Ok(Round {
             claimed: rows.len() as i64,
@@ -340,62 +340,38 @@ impl Relay {
     }
 }
 
-/// A relay round's transaction, begun and ended by hand so that `BEGIN` rides with the claim
-/// and the `DELETE` with `COMMIT`: two round trips, where sqlx's `Transaction` takes four.
-/// sqlx does not know this connection is in a transaction, so one dropped before [`end`]
-/// (an error, a cancelled round) is closed instead of going back to the pool, and the server
-/// rolls its transaction back, releasing the claimed rows.
-///
-/// [`end`]: Claim::end
-struct Claim {
-    connection: PoolConnection<Postgres>,
-    open: bool,
-}
-
-impl Claim {
-    /// Begins a transaction and claims up to a batch of pending rows, oldest first.
-    async fn begin(pool: &PgPool) -> Result<(Claim, Vec<PendingRow>), sqlx::Error> {
-        let mut claim = Claim {
-            connection: pool.acquire().await?,
-            open: true,
-        };
-        // Sent together as one simple query, which takes no parameters: the limit is written in.
-        let begin_and_claim = format!(
-            "BEGIN; SELECT id, event_id, subject, payload, headers FROM outbox \
+/// Begins a relay round's transaction with its claim of up to a batch of pending rows,
+/// oldest first, in one round trip.
+async fn begin_claim(pool: &PgPool) -> Result<(RawTransaction, Vec<PendingRow>), sqlx::Error> {
+    // A simple query takes no parameters: the limit is written in.
+    let (claim, rows) = RawTransaction::begin_fetching(
+        pool,
+        &format!(
+            "SELECT id, event_id, subject, payload, headers FROM outbox \
              WHERE published_at IS NULL ORDER BY id LIMIT {BATCH_SIZE} FOR UPDATE SKIP LOCKED"
-        );
-        let rows = sqlx::raw_sql(AssertSqlSafe(begin_and_claim))
-            .fetch_all(&mut *claim.connection)
-            .await?
-            .iter()
-            .map(PendingRow::from_row)
-            .collect::<Result<_, _>>()?;
-        Ok((claim, rows))
-    }
-
-    /// Deletes the rows `published` and commits.
-    async fn end(mut self, published: &[i64]) -> Result<(), sqlx::Error> {
-        let sql = if published.is_empty() {
-            "COMMIT".to_owned()
-        } else {
-            // Ids the claim read back, so nothing but digits and commas goes into the text.
-            let ids: Vec<String> = published.iter().map(i64::to_string).collect();
-            format!("DELETE FROM outbox WHERE id IN ({}); COMMIT", ids.join(","))
-        };
-        sqlx::raw_sql(AssertSqlSafe(sql))
-            .execute(&mut *self.connection)
-            .await?;
-        self.open = false;
-        Ok(())
-    }
+        ),
+    )
+    .await?;
+    let rows = rows
+        .iter()
+        .map(PendingRow::from_row)
+        .collect::<Result<_, _>>()?;
+    Ok((claim, rows))
 }
 
-impl Drop for Claim {
-    fn drop(&mut self) {
-        if self.open {
-            self.connection.close_on_drop();
-        }
+/// Deletes the rows `published` and commits, in one round trip.
+async fn end_claim(claim: RawTransaction, published: &[i64]) -> Result<(), sqlx::Error> {
+    if published.is_empty() {
+        return claim.commit("").await;
     }
+    // Ids the claim read back, so nothing but digits and commas goes into the text.
+    let ids: Vec<String> = published.iter().map(i64::to_string).collect();
+    claim
+        .commit(&format!(
+            "DELETE FROM outbox WHERE id IN ({}); ",
+            ids.join(",")
+        ))
+        .await
 }
 
 /// A PRODUCER span per published row, a child of the work that wrote the row.
@@ -425,7 +401,7 @@ fn inject_context(span: &Span, headers: &mut async_nats::HeaderMap) {
 /// A round whose publishes are out: its claim, its rows, and the acks still to come (for
 /// the rows up to the first publish that could not be sent).
 struct Sent {
-    claim: Claim,
+    claim: RawTransaction,
     rows: Vec<PendingRow>,
     pending: Vec<(i64, Span, PublishAckFuture)>,
 }
@@ -484,13 +460,15 @@ mod tests {
 
     /// Claims again until the rows a dropped claim held are free (its connection closes in
     /// the background) or a few seconds pass.
-    async fn claim_eventually(pool: &PgPool, expected: usize) -> (Claim, Vec<PendingRow>) {
+    async fn claim_eventually(pool: &PgPool, expected: usize) -> (RawTransaction, Vec<PendingRow>) {
         for _ in 0..50 {
-            let (claim, rows) = Claim::begin(pool).await.expect("failed to claim");
+            let (claim, rows) = begin_claim(pool).await.expect("failed to claim");
             if rows.len() == expected {
                 return (claim, rows);
             }
-            claim.end(&[]).await.expect("failed to end an empty claim");
+            end_claim(claim, &[])
+                .await
+                .expect("failed to end an empty claim");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("the rows were not released");
@@ -502,17 +480,17 @@ mod tests {
             ScratchDatabase::create("claim", &Migrator::with_migrations(Vec::new())).await;
         enqueue(&database.pool, 3).await;
 
-        let (claim, rows) = Claim::begin(&database.pool).await.expect("failed to claim");
+        let (claim, rows) = begin_claim(&database.pool).await.expect("failed to claim");
         assert_eq!(rows.len(), 3);
         // A second claim meanwhile skips the locked rows.
-        let (other, none) = Claim::begin(&database.pool).await.expect("failed to claim");
+        let (other, none) = begin_claim(&database.pool).await.expect("failed to claim");
         assert!(none.is_empty());
-        other.end(&[]).await.expect("failed to end");
+        end_claim(other, &[]).await.expect("failed to end");
         drop(claim);
 
         let (claim, rows) = claim_eventually(&database.pool, 3).await;
         let first: Vec<i64> = rows.iter().take(2).map(|row| row.id).collect();
-        claim.end(&first).await.expect("failed to end");
+        end_claim(claim, &first).await.expect("failed to end");
         let left: Vec<i64> = sqlx::query_scalar("SELECT id FROM outbox")
             .fetch_all(&database.pool)
             .await
