@@ -22,8 +22,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
+use runtime::database::redact;
 use runtime::jetstream::{NatsAuth, Password};
 use serde::Serialize;
+use sqlx::{Connection, PgConnection};
 
 use crate::bound::{Bound, PerSaga, StreamTotals};
 use crate::load::Driver;
@@ -126,6 +128,14 @@ pub struct Options {
     /// most a service's consumer batches (`CONSUMER_BATCH`), as it does under full load.
     #[arg(long, default_value_t = 32)]
     pub bound_batch: usize,
+    /// A database to `VACUUM (ANALYZE)` before each loading phase, as its owner (repeat for
+    /// each service's). For a Postgres that runs without autovacuum: the open loop would
+    /// otherwise run on the dead rows the closed loop left (deleted outbox rows, the hot
+    /// product's old versions), which autovacuum removes in a deployment. Never written to
+    /// the report, since a URL may hold a password.
+    #[arg(long = "vacuum", value_name = "POSTGRES_URL")]
+    #[serde(skip)]
+    pub vacuum: Vec<String>,
     /// Where to write the JSON report.
     #[arg(long, default_value = "bench-report.json")]
     pub report: PathBuf,
@@ -255,6 +265,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     let mut phases = Vec::new();
 
     if matches!(options.mode, Mode::Auto | Mode::Closed) {
+        vacuum(&options.vacuum).await?;
         let load = driver.closed_loop(options.customers, options.duration);
         let (figures, processes, per_saga) =
             measure(&jetstream, &sampler, "closed loop", load).await?;
@@ -275,6 +286,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
             (None, None) => anyhow::bail!("--mode open needs --rate"),
         };
         let title = format!("open loop at {rate:.0}/s");
+        vacuum(&options.vacuum).await?;
         let load = driver.open_loop(rate, options.duration);
         let (figures, processes, per_saga) = measure(&jetstream, &sampler, &title, load).await?;
         phases.push(Phase {
@@ -486,6 +498,20 @@ pub fn summary(report: &Report) -> String {
         report.options.plot.display()
     );
     out
+}
+
+/// `VACUUM (ANALYZE)` on each database `urls` name (see `Options::vacuum`).
+async fn vacuum(urls: &[String]) -> anyhow::Result<()> {
+    for url in urls {
+        let mut connection = PgConnection::connect(url)
+            .await
+            .with_context(|| format!("failed to connect to {} to vacuum it", redact(url)))?;
+        sqlx::raw_sql("VACUUM (ANALYZE)")
+            .execute(&mut connection)
+            .await
+            .with_context(|| format!("failed to vacuum {}", redact(url)))?;
+    }
+    Ok(())
 }
 
 /// The generator's HTTP client: many connections kept open, each request bearing `token`.

@@ -29,6 +29,17 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // This machine class runs Postgres without autovacuum: each phase starts vacuumed, as a
+    // deployment's autovacuum would keep it.
+    for service in Service::ALL {
+        match system.owner_database_url(service) {
+            Ok(url) => options.vacuum.push(url),
+            Err(error) => {
+                eprintln!("bench: {error:#}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     options.order_url = system.base_url(Service::Order);
     options.inventory_url = system.base_url(Service::Inventory);
     options.nats_url = system.nats_url();
