@@ -2,7 +2,10 @@
 //! in its one statement (an earlier decision, an earlier cancellation, the stock) decides.
 
 use events::Event;
-use events::order::{CancelReason, OrderCancellationRequested, OrderLine, OrderPlaced, Shipping};
+use events::order::{
+    CancelReason, OrderCancellationRequested, OrderCompleted, OrderLine, OrderPlaced, Shipping,
+};
+use events::payment::PaymentDeclined;
 use inventory::reactions::Reactions;
 use inventory::store;
 use runtime::testing::{self, ScratchDatabase};
@@ -52,11 +55,16 @@ async fn deliver(pool: &PgPool, event: Event) -> Vec<&'static str> {
 }
 
 async fn reserved_mugs(pool: &PgPool) -> i64 {
-    store::product(pool, "MUG")
+    mugs(pool).await.0
+}
+
+/// (reserved, on hand)
+async fn mugs(pool: &PgPool) -> (i64, i64) {
+    let product = store::product(pool, "MUG")
         .await
         .expect("failed to read the product")
-        .expect("the product is gone")
-        .reserved
+        .expect("the product is gone");
+    (product.reserved, product.on_hand)
 }
 
 #[tokio::test]
@@ -105,4 +113,34 @@ async fn an_order_for_products_that_do_not_exist_or_lack_stock_is_rejected() {
         ["inventory.rejected"]
     );
     assert_eq!(reserved_mugs(&database.pool).await, 0);
+}
+
+#[tokio::test]
+async fn stock_is_held_then_given_back_or_deducted_with_the_reservation() {
+    let database = database_with_mugs(5).await;
+    let (declined, completed) = (Uuid::now_v7(), Uuid::now_v7());
+    deliver(&database.pool, placed(declined, "MUG", 2)).await;
+    deliver(&database.pool, placed(completed, "MUG", 3)).await;
+    assert_eq!(mugs(&database.pool).await, (5, 5));
+
+    let decline = Event::PaymentDeclined(PaymentDeclined {
+        order_id: declined,
+        reason: "insufficient funds".to_owned(),
+    });
+    assert_eq!(
+        deliver(&database.pool, decline.clone()).await,
+        ["inventory.released"]
+    );
+    assert_eq!(mugs(&database.pool).await, (3, 5));
+    // Given back once, however often the decline arrives.
+    assert!(deliver(&database.pool, decline).await.is_empty());
+    assert_eq!(mugs(&database.pool).await, (3, 5));
+
+    let complete = Event::OrderCompleted(OrderCompleted {
+        order_id: completed,
+    });
+    deliver(&database.pool, complete.clone()).await;
+    assert_eq!(mugs(&database.pool).await, (0, 2));
+    deliver(&database.pool, complete).await;
+    assert_eq!(mugs(&database.pool).await, (0, 2));
 }
