@@ -364,11 +364,8 @@ impl RawTransaction {
         pool: &PgPool,
         first: &str,
     ) -> Result<(RawTransaction, Vec<PgQueryResult>), sqlx::Error> {
-        let mut tx = RawTransaction {
-            connection: pool.acquire().await?,
-            open: true,
-        };
-        let results = sqlx::raw_sql(AssertSqlSafe(format!("BEGIN; {first}")))
+        let mut tx = RawTransaction::acquire(pool).await?;
+        let results = sqlx::raw_sql(begin_with(first))
             .execute_many(&mut *tx.connection)
             .try_collect()
             .await?;
@@ -380,14 +377,19 @@ impl RawTransaction {
         pool: &PgPool,
         first: &str,
     ) -> Result<(RawTransaction, Vec<PgRow>), sqlx::Error> {
-        let mut tx = RawTransaction {
-            connection: pool.acquire().await?,
-            open: true,
-        };
-        let rows = sqlx::raw_sql(AssertSqlSafe(format!("BEGIN; {first}")))
+        let mut tx = RawTransaction::acquire(pool).await?;
+        let rows = sqlx::raw_sql(begin_with(first))
             .fetch_all(&mut *tx.connection)
             .await?;
         Ok((tx, rows))
+    }
+
+    /// A connection that counts as in a transaction from now on: dropped, it is closed.
+    async fn acquire(pool: &PgPool) -> Result<RawTransaction, sqlx::Error> {
+        Ok(RawTransaction {
+            connection: pool.acquire().await?,
+            open: true,
+        })
     }
 
     /// Sends `last` (statements without parameters, possibly none) with `COMMIT` in one
@@ -408,6 +410,10 @@ impl RawTransaction {
         self.open = false;
         Ok(())
     }
+}
+
+fn begin_with(first: &str) -> AssertSqlSafe<String> {
+    AssertSqlSafe(format!("BEGIN; {first}"))
 }
 
 impl std::ops::Deref for RawTransaction {

@@ -435,7 +435,6 @@ async fn wait_for_notification(listener: &mut Option<PgListener>) -> bool {
 
 #[cfg(all(test, feature = "testing"))]
 mod tests {
-    use events::inventory::ProductUpdated;
     use sqlx::migrate::Migrator;
 
     use super::*;
@@ -444,17 +443,7 @@ mod tests {
     async fn enqueue(pool: &PgPool, count: usize) {
         let outbox = Outbox::new("claim-test");
         let mut tx = pool.begin().await.expect("failed to begin");
-        for n in 0..count {
-            let event = Event::ProductUpdated(ProductUpdated {
-                sku: format!("sku-{n}"),
-                name: format!("Product {n}"),
-                price_cents: 100,
-            });
-            outbox
-                .enqueue(&mut tx, &event, None)
-                .await
-                .expect("failed to enqueue");
-        }
+        crate::testing::enqueue_product_updates(&mut tx, &outbox, count).await;
         tx.commit().await.expect("failed to commit");
     }
 
