@@ -462,8 +462,10 @@ impl<H: Handler> Consumer<H> {
     /// all of them. Returns each message's outcome; a failed one was rolled back alone.
     ///
     /// The statements without parameters share round trips (see [`inbox::record`]): `BEGIN`
-    /// with the advisory locks, and each message's savepoint with the previous one's end and
-    /// its own inbox row. The last savepoint is left for `COMMIT` to release.
+    /// with the advisory locks and the first message's savepoint and inbox row
+    /// ([`RawTransaction`]), each later message's savepoint with the previous one's end and
+    /// its own inbox row, and the last message's rollback, if it failed, with `COMMIT`, which
+    /// releases the last savepoint.
     async fn apply_together(
         &self,
         together: &[(&Message, Span, Incoming)],
@@ -476,8 +478,16 @@ impl<H: Handler> Consumer<H> {
             locks.push(format!("key:{}", ordering_key(&message.subject)));
             locks.extend(self.shared_locks_of(incoming));
         }
-        let begin = format!("BEGIN; {}", lock_statements(locks));
-        let mut tx = self.pool.begin_with(AssertSqlSafe(begin)).await?;
+        let Some((_, _, first)) = together.first() else {
+            return Ok(Vec::new());
+        };
+        let begin = format!(
+            "{}SAVEPOINT message; {}",
+            lock_statements(locks),
+            inbox::insert(&self.name, first.envelope.id)
+        );
+        let (mut tx, results) = RawTransaction::begin(&self.pool, &begin).await?;
+        let mut first_recorded = Some(inbox::inserted(&results));
         let mut outcomes: Vec<Result<Applied, HandlerError>> = Vec::with_capacity(together.len());
         for (_, span, incoming) in together {
             let transaction_span =
@@ -495,7 +505,13 @@ impl<H: Handler> Consumer<H> {
                 }
             };
             let outcome = async {
-                if !inbox::record(&mut tx, before, &self.name, incoming.envelope.id).await? {
+                let recorded = match first_recorded.take() {
+                    Some(recorded) => recorded,
+                    None => {
+                        inbox::record(&mut tx, before, &self.name, incoming.envelope.id).await?
+                    }
+                };
+                if !recorded {
                     return Ok(Ok(Applied::Duplicate));
                 }
                 Ok::<_, sqlx::Error>(
@@ -508,12 +524,11 @@ impl<H: Handler> Consumer<H> {
             .await?;
             outcomes.push(outcome);
         }
-        if let Some(Err(_)) = outcomes.last() {
-            sqlx::raw_sql("ROLLBACK TO SAVEPOINT message")
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
+        let last = match outcomes.last() {
+            Some(Err(_)) => "ROLLBACK TO SAVEPOINT message; ",
+            _ => "",
+        };
+        tx.commit(last).await?;
         Ok(outcomes)
     }
 
