@@ -75,10 +75,13 @@ pub struct Reactions {
     causes: HashMap<Uuid, (Nanos, String)>,
     /// Effects whose cause the bench has not seen yet, by cause: written time and type.
     orphans: HashMap<Uuid, Vec<(Nanos, String)>>,
+    /// How many entries the tables may hold before the next pruning (at least
+    /// `REACTIONS_KEPT`).
+    prune_at: usize,
 }
 
-/// Events older than this are forgotten once the tables grow past `REACTIONS_KEPT`: a
-/// reaction that takes longer is not timed.
+/// Events older than this are forgotten once the tables hold more than `REACTIONS_KEPT`
+/// entries: a reaction that takes longer is not timed.
 const REACTIONS_HORIZON: Nanos = 60_000_000_000;
 const REACTIONS_KEPT: usize = 200_000;
 
@@ -119,13 +122,19 @@ impl Reactions {
     }
 
     fn forget_before(&mut self, horizon: Nanos) {
-        if self.causes.len() > REACTIONS_KEPT {
-            self.causes.retain(|_, (stored, _)| *stored >= horizon);
+        if self.held() <= self.prune_at.max(REACTIONS_KEPT) {
+            return;
         }
-        if self.orphans.len() > REACTIONS_KEPT {
-            self.orphans
-                .retain(|_, effects| effects.iter().any(|(written, _)| *written >= horizon));
-        }
+        self.causes.retain(|_, (stored, _)| *stored >= horizon);
+        self.orphans
+            .retain(|_, effects| effects.iter().any(|(written, _)| *written >= horizon));
+        // What is within the horizon stays: scan again only once the tables have doubled, or
+        // a rate above `REACTIONS_KEPT` a minute would scan them on every event.
+        self.prune_at = 2 * self.held();
+    }
+
+    fn held(&self) -> usize {
+        self.causes.len() + self.orphans.len()
     }
 }
 
