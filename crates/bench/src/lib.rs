@@ -128,14 +128,21 @@ pub struct Options {
     /// most a service's consumer batches (`CONSUMER_BATCH`), as it does under full load.
     #[arg(long, default_value_t = 32)]
     pub bound_batch: usize,
-    /// A database to `VACUUM (ANALYZE)` before each loading phase, as its owner (repeat for
-    /// each service's). For a Postgres that runs without autovacuum: the open loop would
-    /// otherwise run on the dead rows the closed loop left (deleted outbox rows, the hot
-    /// product's old versions), which autovacuum removes in a deployment. Never written to
-    /// the report, since a URL may hold a password.
+    /// A database to `VACUUM (ANALYZE)` at the start of each loading phase and while it runs
+    /// (`--vacuum-every`), as its owner (repeat for each service's). For a Postgres that runs
+    /// without autovacuum: the open loop would otherwise run on the dead rows the closed loop
+    /// left (deleted outbox rows, the hot product's old versions), which autovacuum removes
+    /// in a deployment. Never written to the report, since a URL may hold a password.
     #[arg(long = "vacuum", value_name = "POSTGRES_URL")]
     #[serde(skip)]
     pub vacuum: Vec<String>,
+    /// How often to vacuum those databases again while a phase runs, as autovacuum would
+    /// (0s: only at the start). Autovacuum also analyzes: without fresh statistics, Postgres
+    /// keeps the plans it made when the tables were nearly empty — sequential scans, each
+    /// longer than the last as the tables grow.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde_compat")]
+    pub vacuum_every: Duration,
     /// Where to write the JSON report.
     #[arg(long, default_value = "bench-report.json")]
     pub report: PathBuf,
@@ -265,8 +272,11 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     let mut phases = Vec::new();
 
     if matches!(options.mode, Mode::Auto | Mode::Closed) {
-        vacuum(&options.vacuum).await?;
-        let load = driver.closed_loop(options.customers, options.duration);
+        let load = vacuumed(
+            &options.vacuum,
+            options.vacuum_every,
+            driver.closed_loop(options.customers, options.duration),
+        );
         let (figures, processes, per_saga) =
             measure(&jetstream, &sampler, "closed loop", load).await?;
         phases.push(Phase {
@@ -286,8 +296,11 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
             (None, None) => anyhow::bail!("--mode open needs --rate"),
         };
         let title = format!("open loop at {rate:.0}/s");
-        vacuum(&options.vacuum).await?;
-        let load = driver.open_loop(rate, options.duration);
+        let load = vacuumed(
+            &options.vacuum,
+            options.vacuum_every,
+            driver.open_loop(rate, options.duration),
+        );
         let (figures, processes, per_saga) = measure(&jetstream, &sampler, &title, load).await?;
         phases.push(Phase {
             kind: "open",
@@ -379,11 +392,11 @@ async fn measure(
     jetstream: &async_nats::jetstream::Context,
     sampler: &Sampler,
     title: &str,
-    load: impl std::future::Future<Output = PhaseFigures>,
+    load: impl std::future::Future<Output = anyhow::Result<PhaseFigures>>,
 ) -> anyhow::Result<(PhaseFigures, Vec<Usage>, PerSaga)> {
     let before = StreamTotals::read(jetstream).await?;
     let mark = sampler.mark();
-    let figures = load.await;
+    let figures = load.await?;
     let processes = sampler.usage_since(&mark);
     let after = StreamTotals::read(jetstream).await?;
     eprintln!("{}", phase_line(title, &figures));
@@ -498,6 +511,34 @@ pub fn summary(report: &Report) -> String {
         report.options.plot.display()
     );
     out
+}
+
+/// Runs `load` on databases vacuumed at its start and every `every` while it runs (see
+/// `Options::vacuum_every`).
+async fn vacuumed<T>(
+    urls: &[String],
+    every: Duration,
+    load: impl std::future::Future<Output = T>,
+) -> anyhow::Result<T> {
+    vacuum(urls).await?;
+    if urls.is_empty() || every.is_zero() {
+        return Ok(load.await);
+    }
+    let keep_vacuuming = async {
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if let Err(error) = vacuum(urls).await {
+                return error;
+            }
+        }
+    };
+    tokio::select! {
+        biased;
+        output = load => Ok(output),
+        error = keep_vacuuming => Err(error),
+    }
 }
 
 /// `VACUUM (ANALYZE)` on each database `urls` name (see `Options::vacuum`).

@@ -29,8 +29,8 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // This machine class runs Postgres without autovacuum: each phase starts vacuumed, as a
-    // deployment's autovacuum would keep it.
+    // This machine class runs Postgres without autovacuum: each phase starts vacuumed and is
+    // vacuumed again while it runs (`--vacuum-every`), as a deployment's autovacuum keeps it.
     for service in Service::ALL {
         match system.owner_database_url(service) {
             Ok(url) => options.vacuum.push(url),
