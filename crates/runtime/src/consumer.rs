@@ -16,8 +16,9 @@
 //! commit that applied it. A batch never holds two messages of one key.
 //!
 //! Round trips, not statements, are what a transaction waits for, so the statements without
-//! parameters ride together: `BEGIN` with the batch's advisory locks, and each message's
-//! savepoint with the end of the previous one and its own inbox row ([`inbox::record`]).
+//! parameters ride together: `BEGIN` with the advisory locks (and, for a message alone, its
+//! inbox row), and each message's savepoint with the end of the previous one and its own
+//! inbox row ([`inbox::record`]).
 //!
 //! # Ordering
 //!
@@ -80,7 +81,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
 
-use crate::database::{self, is_transient};
+use crate::database::{self, RawTransaction, is_transient};
 use crate::inbox;
 use crate::metrics::{Metrics, Processed};
 use crate::outbox::{Cause, Outbox};
@@ -461,8 +462,10 @@ impl<H: Handler> Consumer<H> {
     /// all of them. Returns each message's outcome; a failed one was rolled back alone.
     ///
     /// The statements without parameters share round trips (see [`inbox::record`]): `BEGIN`
-    /// with the advisory locks, and each message's savepoint with the previous one's end and
-    /// its own inbox row. The last savepoint is left for `COMMIT` to release.
+    /// with the advisory locks and the first message's savepoint and inbox row
+    /// ([`RawTransaction`]), each later message's savepoint with the previous one's end and
+    /// its own inbox row, and the last message's rollback, if it failed, with `COMMIT`, which
+    /// releases the last savepoint.
     async fn apply_together(
         &self,
         together: &[(&Message, Span, Incoming)],
@@ -475,8 +478,16 @@ impl<H: Handler> Consumer<H> {
             locks.push(format!("key:{}", ordering_key(&message.subject)));
             locks.extend(self.shared_locks_of(incoming));
         }
-        let begin = format!("BEGIN; {}", lock_statements(locks));
-        let mut tx = self.pool.begin_with(AssertSqlSafe(begin)).await?;
+        let Some((_, _, first)) = together.first() else {
+            return Ok(Vec::new());
+        };
+        let begin = format!(
+            "{}SAVEPOINT message; {}",
+            lock_statements(locks),
+            inbox::insert(&self.name, first.envelope.id)
+        );
+        let (mut tx, results) = RawTransaction::begin(&self.pool, &begin).await?;
+        let mut first_recorded = Some(inbox::inserted(&results));
         let mut outcomes: Vec<Result<Applied, HandlerError>> = Vec::with_capacity(together.len());
         for (_, span, incoming) in together {
             let transaction_span =
@@ -494,7 +505,13 @@ impl<H: Handler> Consumer<H> {
                 }
             };
             let outcome = async {
-                if !inbox::record(&mut tx, before, &self.name, incoming.envelope.id).await? {
+                let recorded = match first_recorded.take() {
+                    Some(recorded) => recorded,
+                    None => {
+                        inbox::record(&mut tx, before, &self.name, incoming.envelope.id).await?
+                    }
+                };
+                if !recorded {
                     return Ok(Ok(Applied::Duplicate));
                 }
                 Ok::<_, sqlx::Error>(
@@ -507,12 +524,11 @@ impl<H: Handler> Consumer<H> {
             .await?;
             outcomes.push(outcome);
         }
-        if let Some(Err(_)) = outcomes.last() {
-            sqlx::raw_sql("ROLLBACK TO SAVEPOINT message")
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
+        let last = match outcomes.last() {
+            Some(Err(_)) => "ROLLBACK TO SAVEPOINT message; ",
+            _ => "",
+        };
+        tx.commit(last).await?;
         Ok(outcomes)
     }
 
@@ -640,17 +656,31 @@ impl<H: Handler> Consumer<H> {
             .await
     }
 
+    /// One message in a transaction of its own: `BEGIN`, the advisory locks and the inbox row
+    /// go in one round trip ([`RawTransaction`]).
     async fn apply_in_transaction(&self, incoming: &Incoming) -> Result<Applied, HandlerError> {
-        let mut tx = self.pool.begin().await?;
-        let locks = lock_statements(self.shared_locks_of(incoming).collect());
-        let applied = if inbox::record(&mut tx, &locks, &self.name, incoming.envelope.id).await? {
-            Applied::Fresh(self.apply_effects(&mut tx, incoming).await?)
+        let first = format!(
+            "{}{}",
+            lock_statements(self.shared_locks_of(incoming).collect()),
+            inbox::insert(&self.name, incoming.envelope.id)
+        );
+        let (mut tx, results) = RawTransaction::begin(&self.pool, &first).await?;
+        let applied = if inbox::inserted(&results) {
+            match self.apply_effects(&mut tx, incoming).await {
+                Ok(outgoing) => Applied::Fresh(outgoing),
+                Err(error) => {
+                    // Back to the pool rolled back; should the rollback fail, dropping the
+                    // transaction closes its connection instead.
+                    let _ = tx.rollback().await;
+                    return Err(error);
+                }
+            }
         } else {
             Applied::Duplicate
         };
         // Only an Ok commit lets the caller ack: a lost connection during COMMIT leaves the
         // outcome unknown, and redelivery plus the inbox settle it.
-        tx.commit().await?;
+        tx.commit("").await?;
         Ok(applied)
     }
 

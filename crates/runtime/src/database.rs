@@ -10,9 +10,11 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use futures::TryStreamExt;
 use sqlx::migrate::{MigrateDatabase, Migrator};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgConnection, PgPool, Postgres};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgQueryResult, PgRow};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Postgres};
 use thiserror::Error;
 
 /// The outbox and inbox tables, shared by every service.
@@ -338,6 +340,101 @@ pub fn redact(url: &str) -> String {
             parsed.to_string()
         }
         _ => url.to_owned(),
+    }
+}
+
+/// A transaction begun and ended with raw SQL, so that `BEGIN` rides with its first
+/// statements and `COMMIT` may ride with its last: a round trip or two fewer than sqlx's
+/// `Transaction`, which sends each alone. Under load, round trips are what a transaction
+/// waits for, and every saga step is one.
+///
+/// sqlx does not know this connection is in a transaction. So one dropped before
+/// [`commit`](RawTransaction::commit) or [`rollback`](RawTransaction::rollback) (a panic, a
+/// cancelled future) is closed instead of going back to the pool, and the server rolls its
+/// transaction back.
+pub struct RawTransaction {
+    connection: PoolConnection<Postgres>,
+    open: bool,
+}
+
+impl RawTransaction {
+    /// Acquires a connection and sends `BEGIN` with `first` (statements without parameters)
+    /// in one simple query; returns each statement's result.
+    pub async fn begin(
+        pool: &PgPool,
+        first: &str,
+    ) -> Result<(RawTransaction, Vec<PgQueryResult>), sqlx::Error> {
+        let mut tx = RawTransaction::acquire(pool).await?;
+        let results = sqlx::raw_sql(begin_with(first))
+            .execute_many(&mut *tx.connection)
+            .try_collect()
+            .await?;
+        Ok((tx, results))
+    }
+
+    /// As [`begin`](RawTransaction::begin), returning the rows `first` reads instead.
+    pub async fn begin_fetching(
+        pool: &PgPool,
+        first: &str,
+    ) -> Result<(RawTransaction, Vec<PgRow>), sqlx::Error> {
+        let mut tx = RawTransaction::acquire(pool).await?;
+        let rows = sqlx::raw_sql(begin_with(first))
+            .fetch_all(&mut *tx.connection)
+            .await?;
+        Ok((tx, rows))
+    }
+
+    /// A connection that counts as in a transaction from now on: dropped, it is closed.
+    async fn acquire(pool: &PgPool) -> Result<RawTransaction, sqlx::Error> {
+        Ok(RawTransaction {
+            connection: pool.acquire().await?,
+            open: true,
+        })
+    }
+
+    /// Sends `last` (statements without parameters, possibly none) with `COMMIT` in one
+    /// simple query. An error leaves the outcome unknown, as any failed commit does.
+    pub async fn commit(mut self, last: &str) -> Result<(), sqlx::Error> {
+        sqlx::raw_sql(AssertSqlSafe(format!("{last}COMMIT")))
+            .execute(&mut *self.connection)
+            .await?;
+        self.open = false;
+        Ok(())
+    }
+
+    /// Rolls back, and the connection goes back to the pool.
+    pub async fn rollback(mut self) -> Result<(), sqlx::Error> {
+        sqlx::raw_sql("ROLLBACK")
+            .execute(&mut *self.connection)
+            .await?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+fn begin_with(first: &str) -> AssertSqlSafe<String> {
+    AssertSqlSafe(format!("BEGIN; {first}"))
+}
+
+impl std::ops::Deref for RawTransaction {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.connection
+    }
+}
+
+impl std::ops::DerefMut for RawTransaction {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.connection
+    }
+}
+
+impl Drop for RawTransaction {
+    fn drop(&mut self) {
+        if self.open {
+            self.connection.close_on_drop();
+        }
     }
 }
 

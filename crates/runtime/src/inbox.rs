@@ -4,6 +4,7 @@
 //! the pruner ([`crate::pruning`]).
 
 use futures::TryStreamExt;
+use sqlx::postgres::PgQueryResult;
 use sqlx::{AssertSqlSafe, PgConnection};
 use uuid::Uuid;
 
@@ -23,19 +24,29 @@ pub async fn record(
     consumer: &str,
     event_id: Uuid,
 ) -> Result<bool, sqlx::Error> {
-    let sql = format!(
-        "{before}INSERT INTO inbox (consumer, event_id) VALUES ({}, '{event_id}') \
-         ON CONFLICT DO NOTHING",
-        quote_literal(consumer)
-    );
-    // One result per statement; the insert's is the last.
+    let sql = format!("{before}{}", insert(consumer, event_id));
     let results: Vec<_> = sqlx::raw_sql(AssertSqlSafe(sql))
         .execute_many(tx)
         .try_collect()
         .await?;
-    Ok(results
+    Ok(inserted(&results))
+}
+
+/// The statement that records `event_id` for `consumer`, as text with its values written in
+/// (see [`record`]), for a caller that sends it with other statements itself.
+pub fn insert(consumer: &str, event_id: Uuid) -> String {
+    format!(
+        "INSERT INTO inbox (consumer, event_id) VALUES ({}, '{event_id}') ON CONFLICT DO NOTHING",
+        quote_literal(consumer)
+    )
+}
+
+/// Whether [`insert`], the last of the statements that gave `results` (one per statement),
+/// recorded the event: false when the consumer had already applied it.
+pub fn inserted(results: &[PgQueryResult]) -> bool {
+    results
         .last()
-        .is_some_and(|inserted| inserted.rows_affected() == 1))
+        .is_some_and(|inserted| inserted.rows_affected() == 1)
 }
 
 /// `text` as an SQL string literal. The escape-string form (`E'…'`) reads backslashes the

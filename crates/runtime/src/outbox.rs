@@ -13,26 +13,37 @@
 //! JetStream drops it as a duplicate within its window (the consumers' inboxes after that).
 //! The `published_at` column stays in the schema but is no longer set: a row is pending
 //! exactly when it exists, and `published_at IS NULL` still selects the pending ones.
+//!
+//! A round is two round trips to Postgres: `BEGIN` goes with the claim, and the `DELETE` with
+//! `COMMIT` ([`RawTransaction`]). Each hop of a saga waits for one relay round, so what a round waits
+//! for is on every saga's critical path.
 
 use std::collections::HashMap;
+use std::pin::pin;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
 use chrono::Utc;
 use events::Event;
 use events::envelope::{Envelope, Metadata};
+use futures::StreamExt;
 use futures::future::join_all;
+use futures::stream::FuturesUnordered;
 use sqlx::postgres::PgListener;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{FromRow, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
 use uuid::Uuid;
 
+use crate::database::RawTransaction;
 use crate::metrics::Metrics;
 use crate::telemetry;
 
 /// Rows claimed and published per relay round.
 const BATCH_SIZE: i64 = 256;
+
+/// Rounds whose publishes are out and whose acks are awaited at once; see [`Relay::run`].
+const ROUNDS_IN_FLIGHT: usize = 2;
 
 /// Writes events into the outbox; `source` names the producing service.
 #[derive(Debug, Clone)]
@@ -104,7 +115,7 @@ pub struct Relay {
     pub crash_after_publish_ack: Option<String>,
 }
 
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug, FromRow)]
 struct PendingRow {
     id: i64,
     event_id: Uuid,
@@ -115,25 +126,69 @@ struct PendingRow {
 
 impl Relay {
     /// Runs the relay until `stop` is cancelled, then publishes what is left once more.
+    ///
+    /// Rounds overlap: once a round's publishes are out, the next may claim and send while
+    /// the first waits for its acks (`ROUNDS_IN_FLIGHT`), so an event committed meanwhile
+    /// does not wait for them too. The next round skips the rows still locked by the first,
+    /// and its publishes go out on the same connection after the first's, so the stream
+    /// stores them in outbox order.
     pub async fn run(self, stop: CancellationToken) {
         let mut listener = self.listen().await;
+        let mut settling = FuturesUnordered::new();
+        // Rows may be pending: at start, after a wake-up, after a full round.
+        let mut more = true;
         loop {
-            self.drain().await;
+            if more && settling.len() < ROUNDS_IN_FLIGHT {
+                more = false;
+                // The rounds in flight go on meanwhile: the claim may be waiting for a pooled
+                // connection that only one of them can give back.
+                let mut claiming = pin!(self.claim_and_send());
+                let claimed = loop {
+                    tokio::select! {
+                        claimed = &mut claiming => break claimed,
+                        Some(settled) = settling.next(), if !settling.is_empty() => {
+                            settled_round(settled);
+                        }
+                    }
+                };
+                match claimed {
+                    Ok(Some(sent)) => {
+                        more = sent.rows.len() as i64 == BATCH_SIZE;
+                        settling.push(self.settle(sent));
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::warn!(error = %format!("{error:#}"), "outbox relay round failed; will retry");
+                    }
+                }
+                continue;
+            }
             tokio::select! {
                 () = stop.cancelled() => break,
+                Some(settled) = settling.next(), if !settling.is_empty() => {
+                    // Rows left pending are retried on the next wake-up, not in a tight loop.
+                    if !settled_round(settled) {
+                        more = false;
+                    }
+                }
                 woken = wait_for_notification(&mut listener) => {
                     if !woken {
                         // The listening connection broke: notifications sent meanwhile are
-                        // lost, so reconnect and rely on the full drain at the top.
+                        // lost, so reconnect and claim whatever is pending.
                         listener = self.listen().await;
                     }
+                    more = true;
                 }
                 () = tokio::time::sleep(self.poll_interval) => {
                     if listener.is_none() {
                         listener = self.listen().await;
                     }
+                    more = true;
                 }
             }
+        }
+        while let Some(settled) = settling.next().await {
+            settled_round(settled);
         }
         self.drain().await;
     }
@@ -155,7 +210,7 @@ impl Relay {
         }
     }
 
-    /// Publishes rounds until fewer rows than a full batch are pending.
+    /// Publishes rounds, one at a time, until fewer rows than a full batch are pending.
     async fn drain(&self) {
         loop {
             match self.publish_batch().await {
@@ -176,16 +231,19 @@ impl Relay {
 
     /// One round: claim, publish, await acks, delete the acked rows.
     async fn publish_batch(&self) -> anyhow::Result<Round> {
-        let mut tx = self.pool.begin().await?;
-        let rows: Vec<PendingRow> = sqlx::query_as(
-            "SELECT id, event_id, subject, payload, headers FROM outbox \
-             WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-        )
-        .bind(BATCH_SIZE)
-        .fetch_all(&mut *tx)
-        .await?;
+        match self.claim_and_send().await? {
+            Some(sent) => self.settle(sent).await,
+            None => Ok(Round::default()),
+        }
+    }
+
+    /// The first half of a round: claims pending rows and sends their publishes, without
+    /// waiting for the acks. `None` when nothing is pending.
+    async fn claim_and_send(&self) -> anyhow::Result<Option<Sent>> {
+        let (claim, rows) = begin_claim(&self.pool).await?;
         if rows.is_empty() {
-            return Ok(Round::default());
+            end_claim(claim, &[]).await?;
+            return Ok(None);
         }
 
         // Send every publish before awaiting any ack, so the batch costs one round trip.
@@ -221,6 +279,20 @@ impl Relay {
                 }
             }
         }
+        Ok(Some(Sent {
+            claim,
+            rows,
+            pending,
+        }))
+    }
+
+    /// The second half of a round: awaits the acks, then deletes the acked rows and commits.
+    async fn settle(&self, sent: Sent) -> anyhow::Result<Round> {
+        let Sent {
+            claim,
+            rows,
+            pending,
+        } = sent;
         let (ids, spans): (Vec<i64>, Vec<Span>) = pending
             .iter()
             .map(|(id, span, _)| (*id, span.clone()))
@@ -259,17 +331,47 @@ impl Relay {
 
         // In the claiming transaction: the rows stay locked until they are gone, so no other
         // relay can claim an acked row in between. Rows whose publish failed stay pending.
-        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-            .bind(&acked)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        end_claim(claim, &acked).await?;
         tracing::debug!(published = acked.len(), "outbox relay round");
         Ok(Round {
             claimed: rows.len() as i64,
             published: acked.len() as i64,
         })
     }
+}
+
+/// Begins a relay round's transaction with its claim of up to a batch of pending rows,
+/// oldest first, in one round trip.
+async fn begin_claim(pool: &PgPool) -> Result<(RawTransaction, Vec<PendingRow>), sqlx::Error> {
+    // A simple query takes no parameters: the limit is written in.
+    let (claim, rows) = RawTransaction::begin_fetching(
+        pool,
+        &format!(
+            "SELECT id, event_id, subject, payload, headers FROM outbox \
+             WHERE published_at IS NULL ORDER BY id LIMIT {BATCH_SIZE} FOR UPDATE SKIP LOCKED"
+        ),
+    )
+    .await?;
+    let rows = rows
+        .iter()
+        .map(PendingRow::from_row)
+        .collect::<Result<_, _>>()?;
+    Ok((claim, rows))
+}
+
+/// Deletes the rows `published` and commits, in one round trip.
+async fn end_claim(claim: RawTransaction, published: &[i64]) -> Result<(), sqlx::Error> {
+    if published.is_empty() {
+        return claim.commit("").await;
+    }
+    // Ids the claim read back, so nothing but digits and commas goes into the text.
+    let ids: Vec<String> = published.iter().map(i64::to_string).collect();
+    claim
+        .commit(&format!(
+            "DELETE FROM outbox WHERE id IN ({}); ",
+            ids.join(",")
+        ))
+        .await
 }
 
 /// A PRODUCER span per published row, a child of the work that wrote the row.
@@ -296,10 +398,29 @@ fn inject_context(span: &Span, headers: &mut async_nats::HeaderMap) {
     }
 }
 
+/// A round whose publishes are out: its claim, its rows, and the acks still to come (for
+/// the rows up to the first publish that could not be sent).
+struct Sent {
+    claim: RawTransaction,
+    rows: Vec<PendingRow>,
+    pending: Vec<(i64, Span, PublishAckFuture)>,
+}
+
 #[derive(Debug, Default)]
 struct Round {
     claimed: i64,
     published: i64,
+}
+
+/// Reports a round that has settled; true when it published every row it claimed.
+fn settled_round(settled: anyhow::Result<Round>) -> bool {
+    match settled {
+        Ok(round) => round.published == round.claimed,
+        Err(error) => {
+            tracing::warn!(error = %format!("{error:#}"), "outbox relay round failed; will retry");
+            false
+        }
+    }
 }
 
 /// Waits for the next notification; false when the listener is missing or broke.
@@ -309,5 +430,69 @@ async fn wait_for_notification(listener: &mut Option<PgListener>) -> bool {
         // meanwhile are gone, so the caller listens again and drains everything pending.
         Some(listener) => matches!(listener.try_recv().await, Ok(Some(_))),
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use sqlx::migrate::Migrator;
+
+    use super::*;
+    use crate::testing::ScratchDatabase;
+
+    async fn enqueue(pool: &PgPool, count: usize) {
+        let outbox = Outbox::new("claim-test");
+        let mut tx = pool.begin().await.expect("failed to begin");
+        crate::testing::enqueue_product_updates(&mut tx, &outbox, count).await;
+        tx.commit().await.expect("failed to commit");
+    }
+
+    /// Claims again until the rows a dropped claim held are free (its connection closes in
+    /// the background) or a few seconds pass.
+    async fn claim_eventually(pool: &PgPool, expected: usize) -> (RawTransaction, Vec<PendingRow>) {
+        for _ in 0..50 {
+            let (claim, rows) = begin_claim(pool).await.expect("failed to claim");
+            if rows.len() == expected {
+                return (claim, rows);
+            }
+            end_claim(claim, &[])
+                .await
+                .expect("failed to end an empty claim");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the rows were not released");
+    }
+
+    #[tokio::test]
+    async fn a_claim_dropped_before_its_end_releases_its_rows_and_leaves_no_open_transaction() {
+        let database =
+            ScratchDatabase::create("claim", &Migrator::with_migrations(Vec::new())).await;
+        enqueue(&database.pool, 3).await;
+
+        let (claim, rows) = begin_claim(&database.pool).await.expect("failed to claim");
+        assert_eq!(rows.len(), 3);
+        // A second claim meanwhile skips the locked rows.
+        let (other, none) = begin_claim(&database.pool).await.expect("failed to claim");
+        assert!(none.is_empty());
+        end_claim(other, &[]).await.expect("failed to end");
+        drop(claim);
+
+        let (claim, rows) = claim_eventually(&database.pool, 3).await;
+        let first: Vec<i64> = rows.iter().take(2).map(|row| row.id).collect();
+        end_claim(claim, &first).await.expect("failed to end");
+        let left: Vec<i64> = sqlx::query_scalar("SELECT id FROM outbox")
+            .fetch_all(&database.pool)
+            .await
+            .expect("failed to read the outbox");
+        assert_eq!(left, [rows[2].id]);
+
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+        )
+        .fetch_one(&database.pool)
+        .await
+        .expect("failed to read pg_stat_activity");
+        assert_eq!(open, 0);
     }
 }

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use chrono::Utc;
 use events::Event;
 use events::envelope::{Envelope, Metadata};
+use events::inventory::ProductUpdated;
 use serde_json::Value;
 use sqlx::migrate::Migrator;
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
@@ -20,6 +21,7 @@ use tower::ServiceExt;
 use uuid::Uuid;
 
 use crate::consumer::{Handler, HandlerError, Incoming};
+use crate::outbox::Outbox;
 
 /// The server scratch databases are created on: `TEST_POSTGRES_URL`, else the local
 /// trust-auth server.
@@ -77,6 +79,22 @@ impl Drop for ScratchDatabase {
         if !matches!(dropped, Ok(Ok(()))) {
             eprintln!("failed to drop scratch database {}", self.name);
         }
+    }
+}
+
+/// Writes `count` catalogue events (`product.updated` of `sku-0`, `sku-1`, …) to the outbox
+/// in `tx`.
+pub async fn enqueue_product_updates(tx: &mut PgConnection, outbox: &Outbox, count: usize) {
+    for n in 0..count {
+        let event = Event::ProductUpdated(ProductUpdated {
+            sku: format!("sku-{n}"),
+            name: format!("Product {n}"),
+            price_cents: 100,
+        });
+        outbox
+            .enqueue(tx, &event, None)
+            .await
+            .expect("failed to enqueue");
     }
 }
 

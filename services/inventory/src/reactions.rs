@@ -7,7 +7,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::domain::{self, ReserveDecision};
-use crate::store;
+use crate::store::{self, StockMove};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Reactions;
@@ -56,26 +56,25 @@ async fn reserve(
     order_id: Uuid,
     lines: Vec<events::inventory::StockLine>,
 ) -> Result<Vec<Event>, HandlerError> {
-    if store::reservation_for_update(tx, order_id).await?.is_some() {
+    let skus: Vec<String> = lines.iter().map(|line| line.sku.clone()).collect();
+    let inputs = store::reserve_inputs(tx, order_id, &skus).await?;
+    if inputs.decided {
         // The same order placed again under a new event id: decided already.
         return Ok(vec![]);
     }
-    if store::is_cancelled(tx, order_id).await? {
+    if inputs.cancelled {
         // The cancellation overtook the order: never hold stock for it.
         tracing::info!("order cancelled before it was reserved; not reserving");
         return Ok(vec![]);
     }
-    let skus: Vec<String> = lines.iter().map(|line| line.sku.clone()).collect();
-    let available = store::available(tx, &skus).await?;
-    match domain::reserve(order_id, lines, &available) {
+    match domain::reserve(order_id, lines, &inputs.available) {
         ReserveDecision::Reserve { reservation, event } => {
-            store::hold(tx, &reservation.items).await?;
-            store::save_reservation(tx, &reservation).await?;
+            store::save_reservation(tx, &reservation, StockMove::Hold).await?;
             tracing::info!("reserved");
             Ok(vec![event])
         }
         ReserveDecision::Reject { reservation, event } => {
-            store::save_reservation(tx, &reservation).await?;
+            store::save_reservation(tx, &reservation, StockMove::None).await?;
             tracing::info!("rejected: out of stock");
             Ok(vec![event])
         }
@@ -93,8 +92,7 @@ async fn release(tx: &mut PgConnection, order_id: Uuid) -> Result<Vec<Event>, Ha
     let Some((released, event)) = domain::release(&reservation) else {
         return Ok(vec![]);
     };
-    store::give_back(tx, &released.items).await?;
-    store::save_reservation(tx, &released).await?;
+    store::save_reservation(tx, &released, StockMove::GiveBack).await?;
     tracing::info!("released");
     Ok(vec![event])
 }
@@ -107,8 +105,7 @@ async fn cancel(tx: &mut PgConnection, order_id: Uuid) -> Result<Vec<Event>, Han
     let reservation = store::reservation_for_update(tx, order_id).await?;
     let (released, confirmation) = domain::cancel(order_id, reservation.as_ref());
     if let Some(released) = released {
-        store::give_back(tx, &released.items).await?;
-        store::save_reservation(tx, &released).await?;
+        store::save_reservation(tx, &released, StockMove::GiveBack).await?;
         tracing::info!("released on cancellation");
     }
     Ok(vec![confirmation])
@@ -122,8 +119,7 @@ async fn commit(tx: &mut PgConnection, order_id: Uuid) -> Result<Vec<Event>, Han
         )));
     };
     if let Some(committed) = domain::commit(&reservation) {
-        store::deduct(tx, &committed.items).await?;
-        store::save_reservation(tx, &committed).await?;
+        store::save_reservation(tx, &committed, StockMove::Deduct).await?;
         tracing::info!("deducted");
     }
     Ok(vec![])

@@ -92,65 +92,51 @@ pub async fn upsert_product(
     .map_err(SaveProductError::Database)
 }
 
-/// The units available for each SKU that exists. Read without a row lock: the service's
-/// `products` lock (see `Reactions::shared_locks`) already keeps every writer out until the
-/// transaction ends. A row lock as well would be redundant, and costly: a batch applies each
-/// message in its own savepoint, and locking a row version that a sibling savepoint wrote
-/// makes Postgres record the lockers in a MultiXact, one more per message on a hot product
-/// (measured: a third of the inventory database's CPU under load).
-pub async fn available(
+/// What deciding on an order's reservation needs to know.
+#[derive(Debug, Default)]
+pub struct ReserveInputs {
+    /// The order has a reservation already: it was decided on.
+    pub decided: bool,
+    /// The order's cancellation arrived first.
+    pub cancelled: bool,
+    /// The units available for each of its SKUs that exists.
+    pub available: HashMap<String, i64>,
+}
+
+/// Everything `reserve` reads, in one statement (one round trip, made while holding the
+/// `products` lock). Read without row locks: the consumer's lock on the order's key keeps
+/// other messages of the order out, and the service's `products` lock (see
+/// `Reactions::shared_locks`) every writer of stock, until the transaction ends. Row locks as
+/// well would be redundant, and costly: a batch applies each message in its own savepoint,
+/// and locking a row version that a sibling savepoint wrote makes Postgres record the lockers
+/// in a MultiXact, one more per message on a hot product (measured: a third of the inventory
+/// database's CPU under load).
+pub async fn reserve_inputs(
     tx: &mut PgConnection,
+    order_id: Uuid,
     skus: &[String],
-) -> Result<HashMap<String, i64>, sqlx::Error> {
-    let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT sku, on_hand - reserved FROM products WHERE sku = ANY($1)")
-            .bind(skus)
-            .fetch_all(tx)
-            .await?;
-    Ok(rows.into_iter().collect())
-}
-
-/// Adds `sign × quantity` to `reserved`, and when `deduct` also removes it from `on_hand`,
-/// for every line in one statement (an order may have a hundred lines, and every statement
-/// is a round trip made while holding the `products` lock). Lines of one SKU are summed
-/// first: an `UPDATE … FROM` would change the row once, for one of them.
-async fn adjust(
-    tx: &mut PgConnection,
-    lines: &[StockLine],
-    reserved_delta_sign: i64,
-    deduct: bool,
-) -> Result<(), sqlx::Error> {
-    let skus: Vec<&str> = lines.iter().map(|line| line.sku.as_str()).collect();
-    let quantities: Vec<i64> = lines.iter().map(|line| i64::from(line.quantity)).collect();
-    sqlx::query(
-        "UPDATE products SET reserved = reserved + $3 * line.quantity, \
-         on_hand = on_hand - CASE WHEN $4 THEN line.quantity ELSE 0 END, updated_at = now() \
-         FROM (SELECT sku, sum(quantity)::bigint AS quantity \
-               FROM unnest($1::text[], $2::bigint[]) AS lines (sku, quantity) GROUP BY sku) AS line \
-         WHERE products.sku = line.sku",
+) -> Result<ReserveInputs, sqlx::Error> {
+    // The flags come on every row, and on one row with no SKU when no product matches.
+    let rows: Vec<(bool, bool, Option<String>, Option<i64>)> = sqlx::query_as(
+        "SELECT o.decided, o.cancelled, p.sku, p.available \
+         FROM (SELECT EXISTS (SELECT 1 FROM reservations WHERE order_id = $1) AS decided, \
+                      EXISTS (SELECT 1 FROM cancellations WHERE order_id = $1) AS cancelled) AS o \
+         LEFT JOIN (SELECT sku, on_hand - reserved AS available FROM products \
+                    WHERE sku = ANY($2)) AS p ON true",
     )
-    .bind(&skus)
-    .bind(&quantities)
-    .bind(reserved_delta_sign)
-    .bind(deduct)
-    .execute(tx)
+    .bind(order_id)
+    .bind(skus)
+    .fetch_all(tx)
     .await?;
-    Ok(())
-}
-
-/// Holds the reservation's units.
-pub async fn hold(tx: &mut PgConnection, lines: &[StockLine]) -> Result<(), sqlx::Error> {
-    adjust(tx, lines, 1, false).await
-}
-
-/// Gives the reservation's units back.
-pub async fn give_back(tx: &mut PgConnection, lines: &[StockLine]) -> Result<(), sqlx::Error> {
-    adjust(tx, lines, -1, false).await
-}
-
-/// The reservation's units leave the warehouse: no longer reserved, no longer on hand.
-pub async fn deduct(tx: &mut PgConnection, lines: &[StockLine]) -> Result<(), sqlx::Error> {
-    adjust(tx, lines, -1, true).await
+    let mut inputs = ReserveInputs::default();
+    for (decided, cancelled, sku, available) in rows {
+        inputs.decided = decided;
+        inputs.cancelled = cancelled;
+        if let (Some(sku), Some(available)) = (sku, available) {
+            inputs.available.insert(sku, available);
+        }
+    }
+    Ok(inputs)
 }
 
 /// The order's reservation, locked for update.
@@ -176,18 +162,58 @@ pub async fn reservation_for_update(
     .transpose()
 }
 
-/// Inserts or updates the reservation.
+/// What saving a reservation in its new status does to the stock of its lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StockMove {
+    /// Nothing (a rejection: nothing was held).
+    None,
+    /// Held: reserved.
+    Hold,
+    /// Given back: no longer reserved.
+    GiveBack,
+    /// Shipped: no longer reserved and no longer on hand.
+    Deduct,
+}
+
+/// Inserts or updates the reservation and moves its lines' stock as `stock` says, in one
+/// statement: every statement is a round trip made while holding the `products` lock, which
+/// every inventory transaction takes, so they are what the service's throughput waits for.
+/// Lines of one SKU are summed first: an `UPDATE … FROM` changes a row once, for one of them.
 pub async fn save_reservation(
     tx: &mut PgConnection,
     reservation: &Reservation,
+    stock: StockMove,
 ) -> Result<(), sqlx::Error> {
+    let (reserved_sign, deduct): (i64, bool) = match stock {
+        StockMove::None => (0, false),
+        StockMove::Hold => (1, false),
+        StockMove::GiveBack => (-1, false),
+        StockMove::Deduct => (-1, true),
+    };
+    let lines = if stock == StockMove::None {
+        &[][..]
+    } else {
+        &reservation.items[..]
+    };
+    let skus: Vec<&str> = lines.iter().map(|line| line.sku.as_str()).collect();
+    let quantities: Vec<i64> = lines.iter().map(|line| i64::from(line.quantity)).collect();
     sqlx::query(
-        "INSERT INTO reservations (order_id, status, items) VALUES ($1, $2, $3) \
+        "WITH moved AS ( \
+           UPDATE products SET reserved = reserved + $4 * line.quantity, \
+           on_hand = on_hand - CASE WHEN $5 THEN line.quantity ELSE 0 END, updated_at = now() \
+           FROM (SELECT sku, sum(quantity)::bigint AS quantity \
+                 FROM unnest($6::text[], $7::bigint[]) AS lines (sku, quantity) GROUP BY sku) AS line \
+           WHERE products.sku = line.sku) \
+         INSERT INTO reservations (order_id, status, items) VALUES ($1, $2, $3) \
          ON CONFLICT (order_id) DO UPDATE SET status = EXCLUDED.status, updated_at = now()",
     )
     .bind(reservation.order_id)
     .bind(reservation.status.as_str())
     .bind(Json(&reservation.items))
+    .bind(reserved_sign)
+    .bind(deduct)
+    .bind(&skus)
+    .bind(&quantities)
     .execute(tx)
     .await?;
     Ok(())
@@ -204,11 +230,4 @@ pub async fn remember_cancellation(
             .execute(tx)
             .await?;
     Ok(inserted.rows_affected() == 1)
-}
-
-pub async fn is_cancelled(tx: &mut PgConnection, order_id: Uuid) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM cancellations WHERE order_id = $1)")
-        .bind(order_id)
-        .fetch_one(tx)
-        .await
 }

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use events::Event;
-use events::inventory::ProductUpdated;
 use events::order::{CancelReason, OrderCancelled};
 use events::streams::Context;
 use runtime::metrics::Metrics;
@@ -34,17 +33,7 @@ async fn published_rows_leave_the_outbox_and_only_what_is_pending_stays() {
 
     let outbox = Outbox::new("relay-test");
     let mut tx = database.pool.begin().await.expect("failed to begin");
-    for n in 0..PUBLISHABLE {
-        let event = Event::ProductUpdated(ProductUpdated {
-            sku: format!("sku-{n}"),
-            name: format!("Product {n}"),
-            price_cents: 100,
-        });
-        outbox
-            .enqueue(&mut tx, &event, None)
-            .await
-            .expect("failed to enqueue");
-    }
+    runtime::testing::enqueue_product_updates(&mut tx, &outbox, PUBLISHABLE).await;
     let unroutable = Event::OrderCancelled(OrderCancelled {
         order_id: Uuid::now_v7(),
         reason: CancelReason::CustomerRequest,
