@@ -188,7 +188,26 @@ pub async fn connect_and_migrate(
     migrate(&options.migration_url, service_migrations).await?;
     let pool = connect_pool(options, used, &options.url).await?;
     check_privileges(&pool, &options.url).await?;
+    warn_without_autovacuum(&pool).await;
     Ok(pool)
+}
+
+/// Says so when the server runs without autovacuum. The outbox and the inbox delete rows all
+/// the time: without vacuum their dead rows stay, and without its `ANALYZE` Postgres keeps
+/// the plans it made when the tables were nearly empty, sequential scans that grow with every
+/// row (measured by saga-bench: 1.28 cores of Postgres at 60 sagas/s where 0.53 do).
+async fn warn_without_autovacuum(pool: &PgPool) {
+    match sqlx::query_scalar::<_, String>("SELECT current_setting('autovacuum')")
+        .fetch_one(pool)
+        .await
+    {
+        Ok(setting) if setting == "off" => tracing::warn!(
+            "Postgres runs with autovacuum = off: vacuum and analyze this database regularly, \
+             or its tables bloat and its queries slow down as they grow"
+        ),
+        Ok(_) => {}
+        Err(error) => tracing::debug!(%error, "could not read the autovacuum setting"),
+    }
 }
 
 /// A pool of the owner role with the run-time timeouts, for what changes the schema while the
