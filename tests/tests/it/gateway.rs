@@ -9,7 +9,16 @@ use gateway_simulator::Faults;
 
 #[tokio::test]
 async fn a_flaky_gateway_still_charges_each_order_exactly_once() -> anyhow::Result<()> {
-    let system = System::start(SystemOptions::default()).await?;
+    // What is tested is retrying a gateway that fails half its calls, not the breaker: five
+    // failed attempts in a row (likely among some twenty-four at 50%) would open it, and the
+    // messages it turns away are redelivered with a backoff that reaches 30 s, past the
+    // time this test waits. The breaker has tests of its own.
+    let options = SystemOptions::default().with_env(
+        Service::Payment,
+        "PAYMENT_GATEWAY_BREAKER_FAILURES",
+        "1000",
+    );
+    let system = System::start(options).await?;
     system
         .put_product_and_wait_catalogue("FLAKY-MUG", "Mug", 300, 50)
         .await?;
