@@ -440,6 +440,17 @@ pub fn summary(report: &Report) -> String {
             "  sagas      {} placed, {} ended ({:.0}/s), {} unexpected outcomes, {} unfinished, errors {:?}",
             f.placed, f.ended, f.ended_per_s, f.unexpected_outcomes, f.unfinished, f.errors
         );
+        let _ = writeln!(
+            out,
+            "  in flight  {:.0} on average in the load's first half, {:.0} in its second: {}",
+            f.backlog.first_half,
+            f.backlog.second_half,
+            if f.backlog.growing {
+                "GROWING, the system fell behind"
+            } else {
+                "steady"
+            }
+        );
         for (name, p) in [
             ("saga", &f.saga_latency),
             ("POST", &f.post_latency),

@@ -273,7 +273,48 @@ impl Recorder {
                 .iter()
                 .map(|(step, histogram)| (step.clone(), Percentiles::of(histogram)))
                 .collect(),
+            backlog: Backlog::of(&seconds, whole_seconds),
             seconds,
+        }
+    }
+}
+
+/// Sagas in flight (placed, not yet ended) over a phase: steady when the system keeps up,
+/// growing when it falls behind, which a phase's percentiles alone can hide.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Backlog {
+    /// The mean of the sagas in flight at the end of each second of the load's first half.
+    pub first_half: f64,
+    /// The same for its second half.
+    pub second_half: f64,
+    /// The second half held more than twice as many as the first, and over ten more: the
+    /// system fell behind. A latency hump moves the count by a few sagas; falling behind, by
+    /// a rate's worth each second.
+    pub growing: bool,
+}
+
+impl Backlog {
+    /// From the first `load_seconds` of `seconds` (the load, not the drain after it).
+    pub fn of(seconds: &[Second], load_seconds: usize) -> Backlog {
+        let mut in_flight = Vec::with_capacity(load_seconds);
+        let mut count: i64 = 0;
+        for second in seconds.iter().take(load_seconds) {
+            count += second.placed as i64 - second.ended as i64;
+            in_flight.push(count.max(0) as f64);
+        }
+        let mean = |values: &[f64]| {
+            if values.is_empty() {
+                0.0
+            } else {
+                values.iter().sum::<f64>() / values.len() as f64
+            }
+        };
+        let (first, second) = in_flight.split_at(in_flight.len() / 2);
+        let (first_half, second_half) = (mean(first), mean(second));
+        Backlog {
+            first_half,
+            second_half,
+            growing: second_half > 2.0 * first_half && second_half - first_half > 10.0,
         }
     }
 }
@@ -305,12 +346,57 @@ pub struct PhaseFigures {
     /// effect to its outbox (delivery, the transaction's wait and the handler's work up to
     /// then). A saga's critical path is its steps' reactions and outbox-to-stream delays.
     pub reactions: BTreeMap<String, Percentiles>,
+    /// Whether the system kept up: sagas in flight in the first and second half of the load.
+    pub backlog: Backlog,
     pub seconds: Vec<Second>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn seconds(counts: &[(u64, u64)]) -> Vec<Second> {
+        counts
+            .iter()
+            .enumerate()
+            .map(|(index, &(placed, ended))| Second {
+                second: index as u64,
+                placed,
+                ended,
+                saga_p50_ms: 0.0,
+                saga_p99_ms: 0.0,
+                post_p99_ms: 0.0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_system_that_keeps_up_has_a_steady_backlog() {
+        // 80/s placed; ends lag a little and wobble, as a latency hump makes them.
+        let mut counts = vec![(80, 74)];
+        counts.extend([(80, 80), (80, 77), (80, 83), (80, 78), (80, 82), (80, 80)]);
+        counts.extend([(0, 6)]);
+        let backlog = Backlog::of(&seconds(&counts), 7);
+        assert!(!backlog.growing, "{backlog:?}");
+        assert!(backlog.first_half > 0.0 && backlog.second_half > 0.0);
+    }
+
+    #[test]
+    fn a_system_that_falls_behind_has_a_growing_backlog() {
+        // 80/s placed, 60/s ended: twenty more in flight every second.
+        let counts = vec![(80, 60); 10];
+        let backlog = Backlog::of(&seconds(&counts), 10);
+        assert!(backlog.growing, "{backlog:?}");
+        assert_eq!(backlog.first_half, 60.0);
+        assert_eq!(backlog.second_half, 160.0);
+    }
+
+    #[test]
+    fn the_drain_after_the_load_is_left_out() {
+        let counts = [(10, 10), (10, 10), (0, 0), (0, 500)];
+        let backlog = Backlog::of(&seconds(&counts), 2);
+        assert_eq!(backlog, Backlog::default());
+    }
 
     #[test]
     fn a_phase_counts_and_buckets_by_second() {
