@@ -841,6 +841,15 @@ impl System {
         self.database(service).owner_url(&self.postgres_url)
     }
 
+    /// Every service's database as its owner role, in [`Service::ALL`]'s order (what
+    /// `saga-bench --vacuum` takes).
+    pub fn owner_database_urls(&self) -> Result<Vec<String>> {
+        Service::ALL
+            .into_iter()
+            .map(|service| self.owner_database_url(service))
+            .collect()
+    }
+
     /// Where a service's (first replica's) stdout and stderr go.
     pub fn log_path(&self, service: Service) -> &Path {
         &self.process(service).log_path

@@ -31,13 +31,11 @@ async fn main() -> ExitCode {
     };
     // This machine class runs Postgres without autovacuum: each phase starts vacuumed and is
     // vacuumed again while it runs (`--vacuum-every`), as a deployment's autovacuum keeps it.
-    for service in Service::ALL {
-        match system.owner_database_url(service) {
-            Ok(url) => options.vacuum.push(url),
-            Err(error) => {
-                eprintln!("bench: {error:#}");
-                return ExitCode::from(2);
-            }
+    match system.owner_database_urls() {
+        Ok(urls) => options.vacuum.extend(urls),
+        Err(error) => {
+            eprintln!("bench: {error:#}");
+            return ExitCode::from(2);
         }
     }
     options.order_url = system.base_url(Service::Order);

@@ -15,8 +15,8 @@ async fn the_bench_measures_sagas_and_the_bound_in_smoke_mode() -> anyhow::Resul
     // Each phase starts with the services' databases vacuumed, as `scripts/bench` has it, and
     // vacuums them again while it runs (every second here, so a smoke run does it too).
     let mut vacuum = vec!["--vacuum-every=1s".to_owned()];
-    for service in Service::ALL {
-        vacuum.push(format!("--vacuum={}", system.owner_database_url(service)?));
+    for url in system.owner_database_urls()? {
+        vacuum.push(format!("--vacuum={url}"));
     }
     let options = bench::Options::parse_from(
         [
