@@ -146,6 +146,8 @@ pub struct SystemOptions {
     /// JetStream's `sync_interval` (`always` in the deploy files); nats-server's default
     /// (2 minutes) when `None`.
     pub nats_sync_interval: Option<String>,
+    /// Where the service binaries are; [`service_binary_directory`] when `None`.
+    pub service_bin_dir: Option<PathBuf>,
 }
 
 /// How a test system's APIs authenticate callers.
@@ -176,6 +178,7 @@ impl Default for SystemOptions {
             replicas: 1,
             api_auth: ApiAuth::InsecureDev,
             nats_sync_interval: None,
+            service_bin_dir: None,
         }
     }
 }
@@ -398,7 +401,10 @@ impl System {
             options.replicas >= 1,
             "every service needs at least one process"
         );
-        let binary_directory = service_binary_directory()?;
+        let binary_directory = match &options.service_bin_dir {
+            Some(directory) => directory.clone(),
+            None => service_binary_directory()?,
+        };
         let mut binaries = Vec::new();
         for service in Service::ALL {
             binaries.push((service, service_binary(&binary_directory, service)?));

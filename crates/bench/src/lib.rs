@@ -8,6 +8,7 @@
 //! bound. It writes a JSON report and an SVG plot and prints a summary.
 
 pub mod bound;
+pub mod compare;
 pub mod load;
 pub mod mix;
 pub mod plot;
