@@ -220,6 +220,9 @@ async fn start(build: &Build) -> Result<System> {
             ("DB_MAX_CONNECTIONS", "10"),
             ("CONSUMER_ACK_WAIT", "30s"),
             ("ORDER_DEADLINE", "30s"),
+            // As deployed: Kubernetes' one-CPU limit gives tokio one worker thread, and the
+            // compose file sets one.
+            ("TOKIO_WORKER_THREADS", "1"),
         ] {
             options = options.with_env(service, key, value);
         }
