@@ -147,7 +147,7 @@ pub struct SystemOptions {
     /// (2 minutes) when `None`.
     pub nats_sync_interval: Option<String>,
     /// Where the service binaries are; [`service_binary_directory`] when `None`.
-    pub service_bin_dir: Option<PathBuf>,
+    pub service_binary_directory: Option<PathBuf>,
 }
 
 /// How a test system's APIs authenticate callers.
@@ -178,7 +178,7 @@ impl Default for SystemOptions {
             replicas: 1,
             api_auth: ApiAuth::InsecureDev,
             nats_sync_interval: None,
-            service_bin_dir: None,
+            service_binary_directory: None,
         }
     }
 }
@@ -401,7 +401,7 @@ impl System {
             options.replicas >= 1,
             "every service needs at least one process"
         );
-        let binary_directory = match &options.service_bin_dir {
+        let binary_directory = match &options.service_binary_directory {
             Some(directory) => directory.clone(),
             None => service_binary_directory()?,
         };
@@ -1106,6 +1106,14 @@ pub fn service_binary_directory() -> Result<PathBuf> {
     } else {
         Ok(directory.to_path_buf())
     }
+}
+
+/// Fails, saying how to build them, unless `directory` holds every service's binary.
+pub fn check_service_binaries(directory: &Path) -> Result<()> {
+    for service in Service::ALL {
+        service_binary(directory, service)?;
+    }
+    Ok(())
 }
 
 fn service_binary(directory: &Path, service: Service) -> Result<PathBuf> {

@@ -1,12 +1,13 @@
 //! Several runs summed up: each figure's median and range per build, for one build run
-//! again (`--repeat`) or two run in turns (`--versus`). On a shared machine one run's
-//! throughput moves by 10–20% from hour to hour, so a change shows only next to runs of the
-//! other build taken in the same minutes, and only when it is larger than their ranges.
+//! again (`--repeat`) or two run in turns (`--versus`). On a shared machine one build's
+//! throughput moves by up to 20% within minutes, so a change shows only next to runs of the
+//! other build taken in turns, and only when it is larger than their ranges.
 
 use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::procs::GENERATOR;
 use crate::{Phase, Report};
 
 /// The median and range of one figure over a build's runs.
@@ -44,6 +45,42 @@ impl Spread {
 pub struct Row {
     pub figure: &'static str,
     pub spreads: Vec<Option<Spread>>,
+    /// With two builds: the second's median against the first's.
+    pub change: Option<Change>,
+}
+
+/// How the second build's figure differs from the first's.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Change {
+    /// The medians' difference, in percent of the first.
+    pub percent: f64,
+    /// Whether the runs can tell it from the machine's noise: `None` with a single run of
+    /// either build, else whether the two ranges do not overlap.
+    pub apart: Option<bool>,
+}
+
+impl Change {
+    fn between(first: Spread, second: Spread) -> Change {
+        let percent = if first.median == 0.0 {
+            0.0
+        } else {
+            100.0 * (second.median - first.median) / first.median.abs()
+        };
+        let apart = (first.runs > 1 && second.runs > 1)
+            .then_some(second.min > first.max || second.max < first.min);
+        Change { percent, apart }
+    }
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let verdict = match self.apart {
+            Some(true) => "apart",
+            Some(false) => "overlap",
+            None => "one run",
+        };
+        write!(f, "{:+.0}% {verdict}", self.percent)
+    }
 }
 
 /// Every compared figure of every build.
@@ -94,45 +131,49 @@ fn phase<'a>(report: &'a Report, kind: &str) -> Option<&'a Phase> {
         .find(|phase| phase.kind == kind && phase.figures.ended > 0)
 }
 
-/// The system's CPU (every process but the generator) over the sagas the phase ended.
+/// The system's CPU over the sagas the phase ended: every process but the generator's (which
+/// also holds the gateway simulator when `bench` runs the system).
 fn cpu_ms_per_saga(phase: &Phase) -> Option<f64> {
     let cpu_s: f64 = phase
         .processes
         .iter()
-        .filter(|usage| !usage.program.starts_with("generator"))
+        .filter(|usage| usage.program != GENERATOR)
         .map(|usage| usage.cpu_s)
         .sum();
     (phase.figures.ended > 0).then(|| 1000.0 * cpu_s / phase.figures.ended as f64)
 }
 
-/// Sums up `runs` (each a build's name and one run's report), builds in order of first
-/// appearance.
-pub fn compare(runs: &[(String, Report)]) -> Comparison {
-    let mut builds: Vec<String> = Vec::new();
-    for (build, _) in runs {
-        if !builds.contains(build) {
-            builds.push(build.clone());
-        }
-    }
+/// Sums up `runs`, each the index of its build in `builds` and one run's report.
+pub fn compare(builds: &[String], runs: &[(usize, Report)]) -> Comparison {
     let rows = FIGURES
         .iter()
-        .map(|(figure, value)| Row {
-            figure,
-            spreads: builds
-                .iter()
+        .map(|(figure, value)| {
+            let spreads: Vec<Option<Spread>> = (0..builds.len())
                 .map(|build| {
                     let values: Vec<f64> = runs
                         .iter()
-                        .filter(|(b, _)| b == build)
+                        .filter(|(b, _)| *b == build)
                         .filter_map(|(_, report)| value(report))
                         .collect();
                     Spread::of(&values)
                 })
-                .collect(),
+                .collect();
+            let change = match spreads[..] {
+                [Some(first), Some(second)] => Some(Change::between(first, second)),
+                _ => None,
+            };
+            Row {
+                figure,
+                spreads,
+                change,
+            }
         })
         .filter(|row| row.spreads.iter().any(Option::is_some))
         .collect();
-    Comparison { builds, rows }
+    Comparison {
+        builds: builds.to_vec(),
+        rows,
+    }
 }
 
 /// The comparison as a table: per build, each figure's median and range.
@@ -172,24 +213,12 @@ pub fn render(comparison: &Comparison) -> String {
             };
             let _ = write!(out, "  {cell:>28}");
         }
-        if two && let [Some(first), Some(second)] = row.spreads[..] {
-            let _ = write!(out, "  {:>18}", change(first, second));
+        if let Some(change) = row.change {
+            let _ = write!(out, "  {:>18}", change.to_string());
         }
         out.push('\n');
     }
     out
-}
-
-/// The second build's median against the first's, and whether their ranges overlap: a
-/// difference within the ranges is not one the runs can tell from the machine's own noise.
-fn change(first: Spread, second: Spread) -> String {
-    let percent = if first.median == 0.0 {
-        0.0
-    } else {
-        100.0 * (second.median - first.median) / first.median.abs()
-    };
-    let apart = second.min > first.max || second.max < first.min;
-    format!("{percent:+.0}% {}", if apart { "apart" } else { "overlap" })
 }
 
 /// Three significant figures or so: 0.41, 7.3, 152.
@@ -224,8 +253,18 @@ mod tests {
         let first = Spread::of(&[100.0, 110.0]).expect("values");
         let overlapping = Spread::of(&[108.0, 120.0]).expect("values");
         let apart = Spread::of(&[125.0, 131.0]).expect("values");
-        assert_eq!(change(first, overlapping), "+9% overlap");
-        assert_eq!(change(first, apart), "+22% apart");
+        assert_eq!(
+            Change::between(first, overlapping).to_string(),
+            "+9% overlap"
+        );
+        assert_eq!(Change::between(first, apart).to_string(), "+22% apart");
+    }
+
+    #[test]
+    fn a_single_run_tells_nothing_apart() {
+        let one = Spread::of(&[100.0]).expect("values");
+        let other = Spread::of(&[150.0]).expect("values");
+        assert_eq!(Change::between(one, other).to_string(), "+50% one run");
     }
 
     #[test]

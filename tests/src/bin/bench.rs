@@ -2,11 +2,12 @@
 //! production settings, fresh databases on the local Postgres — and runs `saga-bench`
 //! against it. `scripts/bench` builds everything in release mode and runs this.
 //!
-//! Usage: `bench [--repeat N] [--versus DIR] [saga-bench options]`; the URLs are the started
-//! system's. `--repeat` runs it again on a fresh system and `--versus` runs another build's
-//! services in turns with this one's; either way each run's report is written (tagged with
-//! its build and run) and the end prints each figure's median and range per build. Exits 0
-//! when sagas ended in every run, 1 when a run ended none, 2 on an error.
+//! Usage: `bench [--repeat N] [--versus DIR] [--versus-settings S] [saga-bench options]`; the
+//! URLs are the started system's. `--repeat` runs it again on a fresh system, `--versus` runs
+//! another build's services in turns with this one's and `--versus-settings` this build's
+//! with other settings; each run's report is written (tagged with its build and run) and the
+//! end prints each figure's median and range per build. Exits 0 when sagas ended in every
+//! run, 1 when a run ended none, 2 on an error.
 //!
 //! Durability is as deployed: nats-server with `sync_interval: always`, Postgres with
 //! `synchronous_commit` on. To measure what they cost, `BENCH_NATS_SYNC_INTERVAL=2m` (the
@@ -20,7 +21,10 @@ use anyhow::{Context as _, Result};
 use bench::Report;
 use clap::Parser;
 use e2e::nats_server::ADMIN_USER;
-use e2e::system::{ApiAuth, Service, System, SystemOptions, service_binary_directory};
+use e2e::system::{
+    ApiAuth, Service, System, SystemOptions, check_service_binaries, service_binary_directory,
+};
+use serde::Serialize;
 
 #[derive(Parser)]
 #[command(
@@ -32,11 +36,14 @@ struct Cli {
     #[command(flatten)]
     bench: bench::Options,
     /// Runs of each build, each on a fresh system; more than one prints every figure's
-    /// median and range (one run's throughput moves by 10–20% on a shared machine).
+    /// median and range (one build's throughput moves by up to 20% within minutes on a shared
+    /// machine).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     repeat: u32,
     /// A directory of other service binaries (another checkout's `target/release`), run in
-    /// turns with this build's (A B, then B A, …) so both are measured in the same minutes.
+    /// turns with this build's (A B, then B A, …). Compare latencies at one rate
+    /// (`--mode open --rate R`): in `auto` mode each run's open loop runs at half its own
+    /// closed loop's rate.
     #[arg(long, value_name = "DIR")]
     versus: Option<PathBuf>,
     /// Settings for the second build only (with no --versus, this build again), as in
@@ -55,7 +62,27 @@ struct Build {
 }
 
 /// One environment variable for one service.
-type Setting = (Service, String, String);
+#[derive(Debug, PartialEq, Eq)]
+struct Setting {
+    service: Service,
+    key: String,
+    value: String,
+}
+
+/// The summary file: the comparison, and where each run's report and plot are.
+#[derive(Serialize)]
+struct Summary<'a> {
+    comparison: &'a bench::compare::Comparison,
+    runs: Vec<RunFiles>,
+}
+
+#[derive(Serialize)]
+struct RunFiles {
+    build: usize,
+    run: u32,
+    report: PathBuf,
+    plot: PathBuf,
+}
 
 /// `<service>:<KEY>=<value>` separated by spaces; `all:` sets it for every service.
 fn parse_settings(text: &str) -> Result<Vec<Setting>> {
@@ -73,7 +100,11 @@ fn parse_settings(text: &str) -> Result<Vec<Setting>> {
             anyhow::bail!("{setting:?} is not <service>:<KEY>=<value> (or all:<KEY>=<value>)");
         };
         for service in services {
-            settings.push((service, key.to_owned(), value.to_owned()));
+            settings.push(Setting {
+                service,
+                key: key.to_owned(),
+                value: value.to_owned(),
+            });
         }
     }
     Ok(settings)
@@ -95,7 +126,8 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<bool> {
     let builds = builds(&cli)?;
     let several = cli.repeat > 1 || builds.len() > 1;
-    let mut runs: Vec<(String, Report)> = Vec::new();
+    let mut runs: Vec<(usize, Report)> = Vec::new();
+    let mut files = Vec::new();
     for round in 1..=cli.repeat {
         // Alternating the order evens out a machine that speeds up or slows down meanwhile.
         let mut order: Vec<(usize, &Build)> = builds.iter().enumerate().collect();
@@ -115,16 +147,29 @@ async fn run(cli: Cli) -> Result<bool> {
                     build.name
                 );
             }
-            let report = run_once(options, build).await?;
+            files.push(RunFiles {
+                build: index + 1,
+                run: round,
+                report: options.report.clone(),
+                plot: options.plot.clone(),
+            });
+            let report = run_once(options, build)
+                .await
+                .with_context(|| format!("run {round} of build {}", index + 1))?;
             print!("{}", bench::summary(&report));
-            runs.push((build.name.clone(), report));
+            runs.push((index, report));
         }
     }
     if several {
-        let comparison = bench::compare::compare(&runs);
+        let names: Vec<String> = builds.iter().map(|build| build.name.clone()).collect();
+        let comparison = bench::compare::compare(&names, &runs);
         print!("\n{}", bench::compare::render(&comparison));
         let path = tagged(&cli.bench.report, "summary");
-        std::fs::write(&path, serde_json::to_vec_pretty(&comparison)?)
+        let summary = Summary {
+            comparison: &comparison,
+            runs: files,
+        };
+        std::fs::write(&path, serde_json::to_vec_pretty(&summary)?)
             .with_context(|| format!("failed to write {}", path.display()))?;
         println!("summary: {}", path.display());
     }
@@ -145,6 +190,8 @@ fn builds(cli: &Cli) -> Result<Vec<Build>> {
         return Ok(builds);
     }
     let directory = cli.versus.clone().unwrap_or(this);
+    // Found now rather than after the first build's first run.
+    check_service_binaries(&directory).context("--versus")?;
     let text = cli.versus_settings.as_deref().unwrap_or_default();
     let settings = parse_settings(text).context("--versus-settings")?;
     let mut name = directory.display().to_string();
@@ -212,7 +259,7 @@ async fn start(build: &Build) -> Result<System> {
         own_process_group: true,
         api_auth: ApiAuth::Tokens,
         nats_sync_interval: Some(sync_interval),
-        service_bin_dir: Some(build.directory.clone()),
+        service_binary_directory: Some(build.directory.clone()),
         ..SystemOptions::default()
     };
     for service in Service::ALL {
@@ -231,8 +278,8 @@ async fn start(build: &Build) -> Result<System> {
     // build's own.
     let tried = std::env::var("BENCH_SERVICE_ENV").unwrap_or_default();
     let tried = parse_settings(&tried).map_err(|error| error.context("BENCH_SERVICE_ENV"))?;
-    for (service, key, value) in tried.iter().chain(&build.settings) {
-        options = options.with_env(*service, key, value);
+    for setting in tried.iter().chain(&build.settings) {
+        options = options.with_env(setting.service, &setting.key, &setting.value);
     }
     eprintln!(
         "starting nats-server (sync_interval {}) and the five services of {} (PGOPTIONS {:?}, BENCH_SERVICE_ENV {:?})",
@@ -266,11 +313,11 @@ mod tests {
         assert_eq!(settings.len(), 1 + Service::ALL.len());
         assert_eq!(
             settings[0],
-            (
-                Service::Inventory,
-                "CONSUMER_BATCH".to_owned(),
-                "64".to_owned()
-            )
+            Setting {
+                service: Service::Inventory,
+                key: "CONSUMER_BATCH".to_owned(),
+                value: "64".to_owned(),
+            }
         );
         assert!(parse_settings("nobody:KEY=1").is_err());
         assert!(parse_settings("inventory:KEY").is_err());
