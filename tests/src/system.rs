@@ -405,10 +405,7 @@ impl System {
             Some(directory) => directory.clone(),
             None => service_binary_directory()?,
         };
-        let mut binaries = Vec::new();
-        for service in Service::ALL {
-            binaries.push((service, service_binary(&binary_directory, service)?));
-        }
+        let binaries = service_binaries(&binary_directory)?;
         let database_prefix = options
             .database_prefix
             .clone()
@@ -1108,12 +1105,13 @@ pub fn service_binary_directory() -> Result<PathBuf> {
     }
 }
 
-/// Fails, saying how to build them, unless `directory` holds every service's binary.
-pub fn check_service_binaries(directory: &Path) -> Result<()> {
-    for service in Service::ALL {
-        service_binary(directory, service)?;
-    }
-    Ok(())
+/// Every service's binary in `directory`; fails, saying how to build them, when one is
+/// missing.
+pub fn service_binaries(directory: &Path) -> Result<Vec<(Service, PathBuf)>> {
+    Service::ALL
+        .into_iter()
+        .map(|service| Ok((service, service_binary(directory, service)?)))
+        .collect()
 }
 
 fn service_binary(directory: &Path, service: Service) -> Result<PathBuf> {

@@ -22,7 +22,7 @@ use bench::Report;
 use clap::Parser;
 use e2e::nats_server::ADMIN_USER;
 use e2e::system::{
-    ApiAuth, Service, System, SystemOptions, check_service_binaries, service_binary_directory,
+    ApiAuth, Service, System, SystemOptions, service_binaries, service_binary_directory,
 };
 use serde::Serialize;
 
@@ -191,7 +191,7 @@ fn builds(cli: &Cli) -> Result<Vec<Build>> {
     }
     let directory = cli.versus.clone().unwrap_or(this);
     // Found now rather than after the first build's first run.
-    check_service_binaries(&directory).context("--versus")?;
+    service_binaries(&directory).context("--versus")?;
     let text = cli.versus_settings.as_deref().unwrap_or_default();
     let settings = parse_settings(text).context("--versus-settings")?;
     let mut name = directory.display().to_string();
