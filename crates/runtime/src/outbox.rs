@@ -158,7 +158,7 @@ impl Relay {
                     }
                     Ok(None) => {}
                     Err(error) => {
-                        tracing::warn!(error = %format!("{error:#}"), "outbox relay round failed; will retry");
+                        settled_round(Err(error));
                     }
                 }
                 continue;
@@ -213,18 +213,11 @@ impl Relay {
     /// Publishes rounds, one at a time, until fewer rows than a full batch are pending.
     async fn drain(&self) {
         loop {
-            match self.publish_batch().await {
-                // A full batch, all published: there may be more.
-                Ok(Round { claimed, published })
-                    if claimed == BATCH_SIZE && published == claimed =>
-                {
-                    continue;
-                }
-                Ok(_) => return,
-                Err(error) => {
-                    tracing::warn!(error = %format!("{error:#}"), "outbox relay round failed; will retry");
-                    return;
-                }
+            let round = self.publish_batch().await;
+            let full = matches!(&round, Ok(round) if round.claimed == BATCH_SIZE);
+            // Only a full batch, all published, may have more behind it.
+            if !(settled_round(round) && full) {
+                return;
             }
         }
     }
@@ -412,7 +405,8 @@ struct Round {
     published: i64,
 }
 
-/// Reports a round that has settled; true when it published every row it claimed.
+/// Reports how a round ended (a failed claim too); true when it published every row it
+/// claimed.
 fn settled_round(settled: anyhow::Result<Round>) -> bool {
     match settled {
         Ok(round) => round.published == round.claimed,
