@@ -84,7 +84,7 @@ use tracing::{Instrument, Span};
 use crate::database::{self, RawTransaction, is_transient};
 use crate::inbox;
 use crate::metrics::{Metrics, Processed};
-use crate::outbox::{Cause, Outbox};
+use crate::outbox::{Cause, Outbox, Written};
 use crate::telemetry::{self, NatsHeadersRef};
 
 /// Headers a dead letter carries besides the original message's own.
@@ -240,7 +240,9 @@ impl<H> std::fmt::Debug for Consumer<H> {
 }
 
 enum Applied {
-    Fresh(Vec<Event>),
+    /// Applied now: the events the handler wrote, and their outbox rows to hand to the relay
+    /// once committed.
+    Fresh(Vec<Event>, Written),
     Duplicate,
 }
 
@@ -517,7 +519,7 @@ impl<H: Handler> Consumer<H> {
                 Ok::<_, sqlx::Error>(
                     self.apply_effects(&mut tx, incoming)
                         .await
-                        .map(Applied::Fresh),
+                        .map(|(outgoing, written)| Applied::Fresh(outgoing, written)),
                 )
             }
             .instrument(transaction_span)
@@ -635,7 +637,10 @@ impl<H: Handler> Consumer<H> {
     /// Acks a message once what it asked for is committed (now, or by an earlier delivery).
     async fn settle(&self, message: &Message, incoming: &Incoming, applied: Applied) -> Processed {
         match applied {
-            Applied::Fresh(outgoing) => {
+            Applied::Fresh(outgoing, written) => {
+                // Before the ack: the next message of this key, and what it causes, comes
+                // after these events on their stream.
+                self.outbox.hand_off(written);
                 self.handler.committed(incoming, &outgoing);
                 self.crash_if_asked(incoming);
                 ack(message, AckKind::Ack).await;
@@ -667,7 +672,7 @@ impl<H: Handler> Consumer<H> {
         let (mut tx, results) = RawTransaction::begin(&self.pool, &first).await?;
         let applied = if inbox::inserted(&results) {
             match self.apply_effects(&mut tx, incoming).await {
-                Ok(outgoing) => Applied::Fresh(outgoing),
+                Ok((outgoing, written)) => Applied::Fresh(outgoing, written),
                 Err(error) => {
                     // Back to the pool rolled back; should the rollback fail, dropping the
                     // transaction closes its connection instead.
@@ -685,21 +690,27 @@ impl<H: Handler> Consumer<H> {
     }
 
     /// The handler's effect and its outgoing events, on the caller's transaction, for an
-    /// event the inbox has just recorded as new.
+    /// event the inbox has just recorded as new; with their outbox rows, to hand off once
+    /// the transaction has committed.
     async fn apply_effects(
         &self,
         tx: &mut PgConnection,
         incoming: &Incoming,
-    ) -> Result<Vec<Event>, HandlerError> {
+    ) -> Result<(Vec<Event>, Written), HandlerError> {
         let outgoing = self.handler.handle(tx, incoming).await?;
         let cause = Cause {
             correlationid: incoming.envelope.correlationid.clone(),
             causationid: Some(incoming.envelope.id),
         };
+        let mut written = Written::default();
         for event in &outgoing {
-            self.outbox.enqueue(tx, event, Some(&cause)).await?;
+            let (_, row) = self
+                .outbox
+                .enqueue_handed_off(tx, event, Some(&cause))
+                .await?;
+            written.extend(row);
         }
-        Ok(outgoing)
+        Ok((outgoing, written))
     }
 
     fn shared_locks_of(&self, incoming: &Incoming) -> impl Iterator<Item = String> + use<H> {

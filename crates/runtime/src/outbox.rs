@@ -17,9 +17,24 @@
 //! A round is two round trips to Postgres: `BEGIN` goes with the claim, and the `DELETE` with
 //! `COMMIT` ([`RawTransaction`]). Each hop of a saga waits for one relay round, so what a round waits
 //! for is on every saga's critical path.
+//!
+//! # Hand-off
+//!
+//! A consumer (or an HTTP handler) that wrote events knows them already: after its commit it
+//! hands the rows to this process's relay ([`Outbox::hand_off`]), which publishes them at
+//! once and then deletes them, one round trip, with no notification, claim or poll in
+//! between. Such rows are written with `relay_after` a few seconds ahead
+//! ([`HANDOFF_GRACE`]); until then claims skip them and their insert wakes no relay, so they
+//! are not published twice. If the hand-off never happens (the process died after its
+//! commit, the channel was full, a publish failed), they are claimed like any other row once
+//! `relay_after` has passed. Either way, `Nats-Msg-Id` and the consumers' inboxes drop a
+//! second copy. Order: the rows of one transaction go out in the order they were written,
+//! and a consumer hands off before it acks, so one key's events from one consumer go out in
+//! the order they were caused.
 
 use std::collections::HashMap;
 use std::pin::pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
@@ -30,7 +45,8 @@ use futures::StreamExt;
 use futures::future::join_all;
 use futures::stream::FuturesUnordered;
 use sqlx::postgres::PgListener;
-use sqlx::{FromRow, PgConnection, PgPool};
+use sqlx::{AssertSqlSafe, FromRow, PgConnection, PgPool};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
 use uuid::Uuid;
@@ -45,10 +61,43 @@ const BATCH_SIZE: i64 = 256;
 /// Rounds whose publishes are out and whose acks are awaited at once; see [`Relay::run`].
 const ROUNDS_IN_FLIGHT: usize = 2;
 
+/// How long claims leave a handed-off row to the hand-off (see "Hand-off" above): far more
+/// than a publish takes, short enough that a row whose hand-off was lost is not late by much.
+pub const HANDOFF_GRACE: Duration = Duration::from_secs(3);
+
+/// Handed-off transactions that may wait for the relay; beyond that a writer's rows wait for
+/// the grace to pass instead (see [`Outbox::hand_off`]).
+const HANDOFF_CAPACITY: usize = 4096;
+
 /// Writes events into the outbox; `source` names the producing service.
 #[derive(Debug, Clone)]
 pub struct Outbox {
     source: String,
+    handoff: Option<Handoff>,
+}
+
+/// Both ends of the hand-off channel: writers send, and the relay takes the receiving end
+/// once ([`Outbox::take_handed_off`]).
+#[derive(Debug, Clone)]
+struct Handoff {
+    sender: mpsc::Sender<Vec<PendingRow>>,
+    receiver: Arc<Mutex<Option<HandedOff>>>,
+}
+
+/// The relay's end of the hand-off: rows committed by this process, to publish at once.
+#[derive(Debug)]
+pub struct HandedOff(mpsc::Receiver<Vec<PendingRow>>);
+
+/// Outbox rows written by [`Outbox::enqueue_handed_off`], for [`Outbox::hand_off`] once
+/// their transaction has committed.
+#[derive(Debug, Default)]
+#[must_use = "rows not handed off wait HANDOFF_GRACE for the relay's claim"]
+pub struct Written(Vec<PendingRow>);
+
+impl Written {
+    pub fn extend(&mut self, other: Written) {
+        self.0.extend(other.0);
+    }
 }
 
 /// Where an event comes from in the saga: its correlation (the order) and its cause.
@@ -59,20 +108,87 @@ pub struct Cause {
 }
 
 impl Outbox {
+    /// An outbox whose rows only the relay's claims publish.
     pub fn new(service: &str) -> Outbox {
         Outbox {
             source: format!("/services/{service}"),
+            handoff: None,
         }
     }
 
+    /// An outbox whose writers may hand their committed rows to this process's relay
+    /// ([`Outbox::hand_off`]); the relay takes the other end with
+    /// [`Outbox::take_handed_off`].
+    pub fn with_handoff(service: &str) -> Outbox {
+        let (sender, receiver) = mpsc::channel(HANDOFF_CAPACITY);
+        Outbox {
+            handoff: Some(Handoff {
+                sender,
+                receiver: Arc::new(Mutex::new(Some(HandedOff(receiver)))),
+            }),
+            ..Outbox::new(service)
+        }
+    }
+
+    /// The relay's end of the hand-off, to the first caller; `None` after that or without
+    /// a hand-off.
+    pub fn take_handed_off(&self) -> Option<HandedOff> {
+        let handoff = self.handoff.as_ref()?;
+        handoff
+            .receiver
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
     /// Appends an event to the outbox inside the caller's transaction and returns its
-    /// envelope. Without a cause, the event starts its own correlation (its key).
+    /// envelope; the relay claims it once the transaction commits. Without a cause, the event
+    /// starts its own correlation (its key).
     pub async fn enqueue(
         &self,
         tx: &mut PgConnection,
         event: &Event,
         cause: Option<&Cause>,
     ) -> Result<Envelope, sqlx::Error> {
+        let (envelope, _) = self.write(tx, event, cause, Duration::ZERO).await?;
+        Ok(envelope)
+    }
+
+    /// [`Outbox::enqueue`] for a writer that hands the row to the relay itself once its
+    /// transaction has committed ([`Outbox::hand_off`]): published straight away instead of
+    /// after a notification and a claim. Without a hand-off, the same as `enqueue`.
+    pub async fn enqueue_handed_off(
+        &self,
+        tx: &mut PgConnection,
+        event: &Event,
+        cause: Option<&Cause>,
+    ) -> Result<(Envelope, Written), sqlx::Error> {
+        if self.handoff.is_none() {
+            return Ok((self.enqueue(tx, event, cause).await?, Written::default()));
+        }
+        let (envelope, row) = self.write(tx, event, cause, HANDOFF_GRACE).await?;
+        Ok((envelope, Written(vec![row])))
+    }
+
+    /// Hands rows whose transaction has committed to the relay. Never waits: should the relay
+    /// be that far behind, the rows are claimed once their grace has passed.
+    pub fn hand_off(&self, written: Written) {
+        let (Some(handoff), false) = (&self.handoff, written.0.is_empty()) else {
+            return;
+        };
+        if let Err(error) = handoff.sender.try_send(written.0) {
+            tracing::debug!(%error, "outbox hand-off refused; the relay claims the rows later");
+        }
+    }
+
+    /// Inserts the row, claimable by the relay after `relay_after` from now.
+    async fn write(
+        &self,
+        tx: &mut PgConnection,
+        event: &Event,
+        cause: Option<&Cause>,
+        relay_after: Duration,
+    ) -> Result<(Envelope, PendingRow), sqlx::Error> {
         let (correlationid, causationid) = match cause {
             Some(cause) => (cause.correlationid.clone(), cause.causationid),
             None => (event.key(), None),
@@ -89,17 +205,27 @@ impl Outbox {
         );
         // The trace context of the work that wrote the event travels with the row, so the
         // relay's publish, however late, joins the trace of what caused it.
-        let headers = telemetry::context_headers(&Span::current());
-        sqlx::query(
-            "INSERT INTO outbox (event_id, subject, payload, headers) VALUES ($1, $2, $3, $4)",
+        let headers = sqlx::types::Json(telemetry::context_headers(&Span::current()));
+        let (subject, payload) = (event.subject(), envelope.to_vec());
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO outbox (event_id, subject, payload, headers, relay_after) \
+             VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5)) RETURNING id",
         )
         .bind(envelope.id)
-        .bind(event.subject())
-        .bind(envelope.to_vec())
-        .bind(sqlx::types::Json(headers))
-        .execute(tx)
+        .bind(&subject)
+        .bind(&payload)
+        .bind(&headers)
+        .bind(relay_after.as_secs_f64())
+        .fetch_one(tx)
         .await?;
-        Ok(envelope)
+        let row = PendingRow {
+            id,
+            event_id: envelope.id,
+            subject,
+            payload,
+            headers,
+        };
+        Ok((envelope, row))
     }
 }
 
@@ -113,10 +239,14 @@ pub struct Relay {
     pub metrics: Metrics,
     /// See `Settings::fault_crash_after_publish_ack`.
     pub crash_after_publish_ack: Option<String>,
+    /// Rows this process's writers committed and hand over to publish at once
+    /// ([`Outbox::take_handed_off`]); `None`: claims only.
+    pub handed_off: Option<HandedOff>,
 }
 
+/// An outbox row as the relay publishes it.
 #[derive(Debug, FromRow)]
-struct PendingRow {
+pub struct PendingRow {
     id: i64,
     event_id: Uuid,
     subject: String,
@@ -132,7 +262,11 @@ impl Relay {
     /// does not wait for them too. The next round skips the rows still locked by the first,
     /// and its publishes go out on the same connection after the first's, so the stream
     /// stores them in outbox order.
-    pub async fn run(self, stop: CancellationToken) {
+    ///
+    /// Handed-off rows ("Hand-off" above) are a round of their own, with no claim: taken from
+    /// the channel as they come, many transactions' rows at once when they queue.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut handed_off = self.handed_off.take();
         let mut listener = self.listen().await;
         let mut settling = FuturesUnordered::new();
         // Rows may be pending: at start, after a wake-up, after a full round.
@@ -142,7 +276,7 @@ impl Relay {
                 more = false;
                 // The rounds in flight go on meanwhile: the claim may be waiting for a pooled
                 // connection that only one of them can give back.
-                let mut claiming = pin!(self.claim_and_send());
+                let mut claiming = pin!(self.claim_and_send(Claim::Due));
                 let claimed = loop {
                     tokio::select! {
                         claimed = &mut claiming => break claimed,
@@ -165,6 +299,11 @@ impl Relay {
             }
             tokio::select! {
                 () = stop.cancelled() => break,
+                Some(rows) = next_handed_off(&mut handed_off), if settling.len() < ROUNDS_IN_FLIGHT => {
+                    let rows = gather(rows, handed_off.as_mut());
+                    let sent = self.send(None, rows).await;
+                    settling.push(self.settle(sent));
+                }
                 Some(settled) = settling.next(), if !settling.is_empty() => {
                     // Rows left pending are retried on the next wake-up, not in a tight loop.
                     if !settled_round(settled) {
@@ -190,6 +329,9 @@ impl Relay {
         while let Some(settled) = settling.next().await {
             settled_round(settled);
         }
+        // What was handed off and not yet taken is in the outbox too: the drain claims it,
+        // grace or not.
+        drop(handed_off);
         self.drain().await;
     }
 
@@ -213,7 +355,7 @@ impl Relay {
     /// Publishes rounds, one at a time, until fewer rows than a full batch are pending.
     async fn drain(&self) {
         loop {
-            let round = self.publish_batch().await;
+            let round = self.publish_batch(Claim::Everything).await;
             let full = matches!(&round, Ok(round) if round.claimed == BATCH_SIZE);
             // Only a full batch, all published, may have more behind it.
             if !(settled_round(round) && full) {
@@ -223,8 +365,8 @@ impl Relay {
     }
 
     /// One round: claim, publish, await acks, delete the acked rows.
-    async fn publish_batch(&self) -> anyhow::Result<Round> {
-        match self.claim_and_send().await? {
+    async fn publish_batch(&self, claim: Claim) -> anyhow::Result<Round> {
+        match self.claim_and_send(claim).await? {
             Some(sent) => self.settle(sent).await,
             None => Ok(Round::default()),
         }
@@ -232,13 +374,17 @@ impl Relay {
 
     /// The first half of a round: claims pending rows and sends their publishes, without
     /// waiting for the acks. `None` when nothing is pending.
-    async fn claim_and_send(&self) -> anyhow::Result<Option<Sent>> {
-        let (claim, rows) = begin_claim(&self.pool).await?;
+    async fn claim_and_send(&self, claim: Claim) -> anyhow::Result<Option<Sent>> {
+        let (claim, rows) = begin_claim(&self.pool, claim).await?;
         if rows.is_empty() {
             end_claim(claim, &[]).await?;
             return Ok(None);
         }
+        Ok(Some(self.send(Some(claim), rows).await))
+    }
 
+    /// Sends the publishes of `rows`, claimed or handed off, without waiting for the acks.
+    async fn send(&self, claim: Option<RawTransaction>, rows: Vec<PendingRow>) -> Sent {
         // Send every publish before awaiting any ack, so the batch costs one round trip.
         let mut pending: Vec<(i64, Span, PublishAckFuture)> = Vec::with_capacity(rows.len());
         for row in &rows {
@@ -272,11 +418,11 @@ impl Relay {
                 }
             }
         }
-        Ok(Some(Sent {
+        Sent {
             claim,
             rows,
             pending,
-        }))
+        }
     }
 
     /// The second half of a round: awaits the acks, then deletes the acked rows and commits.
@@ -322,9 +468,15 @@ impl Relay {
             }
         }
 
-        // In the claiming transaction: the rows stay locked until they are gone, so no other
-        // relay can claim an acked row in between. Rows whose publish failed stay pending.
-        end_claim(claim, &acked).await?;
+        match claim {
+            // In the claiming transaction: the rows stay locked until they are gone, so no
+            // other relay can claim an acked row in between. Rows whose publish failed stay
+            // pending.
+            Some(claim) => end_claim(claim, &acked).await?,
+            // Handed off: no claim to end; a claim that took a row meanwhile (its grace had
+            // passed) published a copy that JetStream dropped.
+            None => delete_published(&self.pool, &acked).await?,
+        }
         tracing::debug!(published = acked.len(), "outbox relay round");
         Ok(Round {
             claimed: rows.len() as i64,
@@ -333,15 +485,31 @@ impl Relay {
     }
 }
 
+/// Which pending rows a claim takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    /// Those not left to a hand-off (`relay_after` has passed).
+    Due,
+    /// All of them: the relay is stopping, and so is every hand-off of this process.
+    Everything,
+}
+
 /// Begins a relay round's transaction with its claim of up to a batch of pending rows,
 /// oldest first, in one round trip.
-async fn begin_claim(pool: &PgPool) -> Result<(RawTransaction, Vec<PendingRow>), sqlx::Error> {
+async fn begin_claim(
+    pool: &PgPool,
+    claim: Claim,
+) -> Result<(RawTransaction, Vec<PendingRow>), sqlx::Error> {
+    let due = match claim {
+        Claim::Due => "AND relay_after <= now() ",
+        Claim::Everything => "",
+    };
     // A simple query takes no parameters: the limit is written in.
     let (claim, rows) = RawTransaction::begin_fetching(
         pool,
         &format!(
             "SELECT id, event_id, subject, payload, headers FROM outbox \
-             WHERE published_at IS NULL ORDER BY id LIMIT {BATCH_SIZE} FOR UPDATE SKIP LOCKED"
+             WHERE published_at IS NULL {due}ORDER BY id LIMIT {BATCH_SIZE} FOR UPDATE SKIP LOCKED"
         ),
     )
     .await?;
@@ -357,14 +525,47 @@ async fn end_claim(claim: RawTransaction, published: &[i64]) -> Result<(), sqlx:
     if published.is_empty() {
         return claim.commit("").await;
     }
-    // Ids the claim read back, so nothing but digits and commas goes into the text.
-    let ids: Vec<String> = published.iter().map(i64::to_string).collect();
-    claim
-        .commit(&format!(
-            "DELETE FROM outbox WHERE id IN ({}); ",
-            ids.join(",")
-        ))
-        .await
+    claim.commit(&delete_statement(published)).await
+}
+
+/// Deletes the handed-off rows `published`, in a transaction of its own.
+async fn delete_published(pool: &PgPool, published: &[i64]) -> Result<(), sqlx::Error> {
+    if published.is_empty() {
+        return Ok(());
+    }
+    sqlx::raw_sql(AssertSqlSafe(delete_statement(published)))
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// The statement deleting the rows `ids`, as text: ids of rows read back from the outbox, so
+/// nothing but digits and commas goes into it.
+fn delete_statement(ids: &[i64]) -> String {
+    let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+    format!("DELETE FROM outbox WHERE id IN ({}); ", ids.join(","))
+}
+
+/// The next handed-off rows; never ready without a hand-off or once every writer is gone.
+async fn next_handed_off(handed_off: &mut Option<HandedOff>) -> Option<Vec<PendingRow>> {
+    match handed_off {
+        Some(HandedOff(receiver)) => receiver.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `rows` and whatever else is already handed off, up to a batch (or one transaction's rows,
+/// if they alone are more).
+fn gather(mut rows: Vec<PendingRow>, handed_off: Option<&mut HandedOff>) -> Vec<PendingRow> {
+    if let Some(HandedOff(receiver)) = handed_off {
+        while (rows.len() as i64) < BATCH_SIZE {
+            match receiver.try_recv() {
+                Ok(more) => rows.extend(more),
+                Err(_) => break,
+            }
+        }
+    }
+    rows
 }
 
 /// A PRODUCER span per published row, a child of the work that wrote the row.
@@ -394,7 +595,8 @@ fn inject_context(span: &Span, headers: &mut async_nats::HeaderMap) {
 /// A round whose publishes are out: its claim, its rows, and the acks still to come (for
 /// the rows up to the first publish that could not be sent).
 struct Sent {
-    claim: RawTransaction,
+    /// `None` for handed-off rows.
+    claim: Option<RawTransaction>,
     rows: Vec<PendingRow>,
     pending: Vec<(i64, Span, PublishAckFuture)>,
 }
@@ -445,7 +647,9 @@ mod tests {
     /// the background) or a few seconds pass.
     async fn claim_eventually(pool: &PgPool, expected: usize) -> (RawTransaction, Vec<PendingRow>) {
         for _ in 0..50 {
-            let (claim, rows) = begin_claim(pool).await.expect("failed to claim");
+            let (claim, rows) = begin_claim(pool, Claim::Due)
+                .await
+                .expect("failed to claim");
             if rows.len() == expected {
                 return (claim, rows);
             }
@@ -463,10 +667,14 @@ mod tests {
             ScratchDatabase::create("claim", &Migrator::with_migrations(Vec::new())).await;
         enqueue(&database.pool, 3).await;
 
-        let (claim, rows) = begin_claim(&database.pool).await.expect("failed to claim");
+        let (claim, rows) = begin_claim(&database.pool, Claim::Due)
+            .await
+            .expect("failed to claim");
         assert_eq!(rows.len(), 3);
         // A second claim meanwhile skips the locked rows.
-        let (other, none) = begin_claim(&database.pool).await.expect("failed to claim");
+        let (other, none) = begin_claim(&database.pool, Claim::Due)
+            .await
+            .expect("failed to claim");
         assert!(none.is_empty());
         end_claim(other, &[]).await.expect("failed to end");
         drop(claim);

@@ -99,7 +99,11 @@ impl Platform {
         let jetstream = jetstream::new(nats.clone());
         Ok(Platform {
             identity,
-            outbox: Outbox::new(identity.name),
+            outbox: if settings.outbox_handoff {
+                Outbox::with_handoff(identity.name)
+            } else {
+                Outbox::new(identity.name)
+            },
             settings,
             pool,
             nats,
@@ -237,6 +241,7 @@ impl<H: Handler> Service<H> {
                 poll_interval: settings.outbox_poll_interval,
                 metrics: platform.metrics.clone(),
                 crash_after_publish_ack: settings.fault_crash_after_publish_ack.clone(),
+                handed_off: platform.outbox.take_handed_off(),
             }
             .run(stop_relay.clone()),
         );

@@ -95,6 +95,12 @@ pub struct Settings {
     #[arg(long, env = "OUTBOX_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub outbox_poll_interval: Duration,
 
+    /// Whether the consumers and the order API hand the events they commit straight to the
+    /// relay, which publishes them at once, instead of leaving them to its next claim (after a
+    /// notification from Postgres). Off: every event goes through a claim.
+    #[arg(long, env = "OUTBOX_HANDOFF", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub outbox_handoff: bool,
+
     /// How long a consumer's inbox remembers an applied event, so as to drop another copy of
     /// it; older rows are deleted. Copies with the same id come from redeliveries of a message
     /// whose ack was lost (up to CONSUMER_MAX_DELIVER × CONSUMER_ACK_WAIT later) and from a

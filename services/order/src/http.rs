@@ -208,9 +208,13 @@ async fn place_order(
         correlationid: order_id.to_string(),
         causationid: None,
     };
-    let envelope = state.outbox.enqueue(&mut tx, &event, Some(&cause)).await?;
+    let (envelope, written) = state
+        .outbox
+        .enqueue_handed_off(&mut tx, &event, Some(&cause))
+        .await?;
     store::record_history(&mut tx, order_id, "order.placed", envelope.time).await?;
     tx.commit().await?;
+    state.outbox.hand_off(written);
     tracing::info!(total_cents = order.total_cents, "order placed");
     Ok(accepted(order_id, domain::Status::Pending.as_str()))
 }

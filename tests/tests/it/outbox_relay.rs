@@ -48,6 +48,7 @@ async fn two_relays_publish_every_row_exactly_once() -> anyhow::Result<()> {
             poll_interval: Duration::from_millis(50),
             metrics: runtime::metrics::Metrics::new(),
             crash_after_publish_ack: None,
+            handed_off: None,
         };
         relays.push(tokio::spawn(relay.run(stop.clone())));
     }
@@ -141,6 +142,7 @@ async fn a_lost_listening_connection_is_replaced_and_nothing_waits_for_the_poll(
             poll_interval: Duration::from_secs(3600),
             metrics: runtime::metrics::Metrics::new(),
             crash_after_publish_ack: None,
+            handed_off: None,
         }
         .run(stop.clone()),
     );

@@ -7,7 +7,7 @@ use events::Event;
 use events::order::{CancelReason, OrderCancelled};
 use events::streams::Context;
 use runtime::metrics::Metrics;
-use runtime::outbox::{Outbox, Relay};
+use runtime::outbox::{HandedOff, Outbox, Relay, Written};
 use runtime::testing::ScratchDatabase;
 use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;
@@ -21,14 +21,8 @@ const PUBLISHABLE: usize = 300;
 
 #[tokio::test]
 async fn published_rows_leave_the_outbox_and_only_what_is_pending_stays() {
-    let nats = NatsServer::start().await;
     // INVENTORY only: an order event has no stream to ack it, so its publish fails.
-    let jetstream = nats
-        .jetstream(vec![runtime::jetstream::context_stream(
-            Context::Inventory,
-            1,
-        )])
-        .await;
+    let (_nats, jetstream) = inventory_stream().await;
     let database = ScratchDatabase::create("relay", &Migrator::with_migrations(Vec::new())).await;
 
     let outbox = Outbox::new("relay-test");
@@ -47,14 +41,7 @@ async fn published_rows_leave_the_outbox_and_only_what_is_pending_stays() {
 
     let stop = CancellationToken::new();
     let relay = tokio::spawn(
-        Relay {
-            pool: database.pool.clone(),
-            jetstream: jetstream.clone(),
-            poll_interval: Duration::from_millis(50),
-            metrics: Metrics::new(),
-            crash_after_publish_ack: None,
-        }
-        .run(stop.clone()),
+        relay(&database, &jetstream, Duration::from_millis(50), None).run(stop.clone()),
     );
     eventually("the published rows to leave the outbox", || async {
         count(&database, "SELECT count(*) FROM outbox").await == 1
@@ -66,17 +53,9 @@ async fn published_rows_leave_the_outbox_and_only_what_is_pending_stays() {
         .expect("the relay did not stop")
         .expect("the relay panicked");
 
-    let stored = jetstream
-        .get_stream(Context::Inventory.stream())
-        .await
-        .expect("failed to get the stream")
-        .info()
-        .await
-        .expect("failed to read the stream's info")
-        .state
-        .messages;
     assert_eq!(
-        stored, PUBLISHABLE as u64,
+        stored(&jetstream).await,
+        PUBLISHABLE as u64,
         "every publishable row is in the stream"
     );
     let (left, published_at): (Uuid, Option<chrono::DateTime<chrono::Utc>>) =
@@ -97,9 +76,162 @@ async fn published_rows_leave_the_outbox_and_only_what_is_pending_stays() {
     );
 }
 
+/// A NATS server with the INVENTORY stream, and its JetStream context.
+async fn inventory_stream() -> (NatsServer, async_nats::jetstream::Context) {
+    let nats = NatsServer::start().await;
+    let jetstream = nats
+        .jetstream(vec![runtime::jetstream::context_stream(
+            Context::Inventory,
+            1,
+        )])
+        .await;
+    (nats, jetstream)
+}
+
+fn relay(
+    database: &ScratchDatabase,
+    jetstream: &async_nats::jetstream::Context,
+    poll_interval: Duration,
+    handed_off: Option<HandedOff>,
+) -> Relay {
+    Relay {
+        pool: database.pool.clone(),
+        jetstream: jetstream.clone(),
+        poll_interval,
+        metrics: Metrics::new(),
+        crash_after_publish_ack: None,
+        handed_off,
+    }
+}
+
 async fn count(database: &ScratchDatabase, query: &'static str) -> i64 {
     sqlx::query_scalar(query)
         .fetch_one(&database.pool)
         .await
         .expect("failed to count")
+}
+
+/// A product update of `sku`, the kind of event the INVENTORY stream takes.
+fn product_update(sku: &str) -> Event {
+    Event::ProductUpdated(events::inventory::ProductUpdated {
+        sku: sku.to_owned(),
+        name: format!("Product {sku}"),
+        price_cents: 100,
+    })
+}
+
+async fn stored(jetstream: &async_nats::jetstream::Context) -> u64 {
+    jetstream
+        .get_stream(Context::Inventory.stream())
+        .await
+        .expect("failed to get the stream")
+        .info()
+        .await
+        .expect("failed to read the stream's info")
+        .state
+        .messages
+}
+
+#[tokio::test]
+async fn handed_off_rows_are_published_at_once_and_rows_whose_hand_off_was_lost_after_the_grace() {
+    let (_nats, jetstream) = inventory_stream().await;
+    let database = ScratchDatabase::create("handoff", &Migrator::with_migrations(Vec::new())).await;
+    let outbox = Outbox::with_handoff("handoff-test");
+    let stop = CancellationToken::new();
+    let relay = tokio::spawn(
+        relay(
+            &database,
+            &jetstream,
+            Duration::from_millis(50),
+            outbox.take_handed_off(),
+        )
+        .run(stop.clone()),
+    );
+    assert!(
+        outbox.take_handed_off().is_none(),
+        "one relay takes the hand-off"
+    );
+
+    let mut tx = database.pool.begin().await.expect("failed to begin");
+    let mut written = Written::default();
+    for sku in ["a", "b", "c"] {
+        let (_, row) = outbox
+            .enqueue_handed_off(&mut tx, &product_update(sku), None)
+            .await
+            .expect("failed to enqueue");
+        written.extend(row);
+    }
+    tx.commit().await.expect("failed to commit");
+    outbox.hand_off(written);
+
+    // Written for a hand-off that never comes, as when the writer dies after its commit.
+    let mut tx = database.pool.begin().await.expect("failed to begin");
+    let (lost, never_handed_off) = outbox
+        .enqueue_handed_off(&mut tx, &product_update("lost"), None)
+        .await
+        .expect("failed to enqueue");
+    tx.commit().await.expect("failed to commit");
+    drop(never_handed_off);
+
+    eventually("the handed-off rows to be published", || async {
+        stored(&jetstream).await == 3
+    })
+    .await;
+    eventually("the handed-off rows to leave the outbox", || async {
+        count(&database, "SELECT count(*) FROM outbox").await == 1
+    })
+    .await;
+    let left: Uuid = sqlx::query_scalar("SELECT event_id FROM outbox WHERE relay_after > now()")
+        .fetch_one(&database.pool)
+        .await
+        .expect("the lost row is left alone during its grace");
+    assert_eq!(left, lost.id);
+
+    eventually("the lost row to be claimed after its grace", || async {
+        count(&database, "SELECT count(*) FROM outbox").await == 0
+    })
+    .await;
+    assert_eq!(
+        stored(&jetstream).await,
+        4,
+        "each row is in the stream once"
+    );
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(30), relay)
+        .await
+        .expect("the relay did not stop")
+        .expect("the relay panicked");
+}
+
+#[tokio::test]
+async fn a_stopping_relay_publishes_rows_still_in_their_grace() {
+    let (_nats, jetstream) = inventory_stream().await;
+    let database =
+        ScratchDatabase::create("handoff_stop", &Migrator::with_migrations(Vec::new())).await;
+    let outbox = Outbox::with_handoff("handoff-stop-test");
+    let mut tx = database.pool.begin().await.expect("failed to begin");
+    let (_, not_handed_off) = outbox
+        .enqueue_handed_off(&mut tx, &product_update("a"), None)
+        .await
+        .expect("failed to enqueue");
+    tx.commit().await.expect("failed to commit");
+    drop(not_handed_off);
+
+    let stop = CancellationToken::new();
+    stop.cancel();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        // Polling far beyond the test: only the drain at stop can publish the row.
+        relay(
+            &database,
+            &jetstream,
+            Duration::from_secs(3600),
+            outbox.take_handed_off(),
+        )
+        .run(stop),
+    )
+    .await
+    .expect("the relay did not stop");
+    assert_eq!(stored(&jetstream).await, 1);
+    assert_eq!(count(&database, "SELECT count(*) FROM outbox").await, 0);
 }

@@ -1,0 +1,19 @@
+-- Rows a service hands to its own relay straight after commit (see src/outbox.rs, "Hand-off")
+-- are left alone by the relay's claims until `relay_after`, and wake no relay: the process
+-- that wrote them publishes them in a few milliseconds. Should it not (it crashed, NATS was
+-- down), they are claimed like any other row once `relay_after` has passed. Every other row
+-- is claimable at once, as before.
+ALTER TABLE outbox ADD COLUMN relay_after TIMESTAMPTZ NOT NULL DEFAULT now();
+
+CREATE OR REPLACE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM inserted WHERE relay_after <= now()) THEN
+        PERFORM pg_notify('outbox', '');
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+DROP TRIGGER outbox_notify ON outbox;
+CREATE TRIGGER outbox_notify AFTER INSERT ON outbox REFERENCING NEW TABLE AS inserted
+    FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
