@@ -24,13 +24,16 @@
 //! hands the rows to this process's relay ([`Outbox::hand_off`]), which publishes them at
 //! once and then deletes them, one round trip, with no notification, claim or poll in
 //! between. Such rows are written with `relay_after` a few seconds ahead
-//! ([`HANDOFF_GRACE`]); until then claims skip them and their insert wakes no relay, so they
-//! are not published twice. If the hand-off never happens (the process died after its
-//! commit, the channel was full, a publish failed), they are claimed like any other row once
-//! `relay_after` has passed. Either way, `Nats-Msg-Id` and the consumers' inboxes drop a
+//! ([`HANDOFF_GRACE`]); claims skip them until then, and their insert wakes no relay at all,
+//! so they are not published twice. If the hand-off never happens (the process died after
+//! its commit, the channel was full), the relay's poll claims them once `relay_after` has
+//! passed; if their publish fails, they are due at once and the next poll claims them. Either way, `Nats-Msg-Id` and the consumers' inboxes drop a
 //! second copy. Order: the rows of one transaction go out in the order they were written,
 //! and a consumer hands off before it acks, so one key's events from one consumer go out in
-//! the order they were caused.
+//! the order they were caused. A row whose publish failed is made due at once and claimed at
+//! the next poll, by which time later rows may have gone out: as with a claimed row whose
+//! ack failed while the next round was already sent, failures can reorder, and consumers
+//! do not depend on the order (see the consumer module).
 
 use std::collections::HashMap;
 use std::pin::pin;
@@ -47,6 +50,7 @@ use futures::stream::FuturesUnordered;
 use sqlx::postgres::PgListener;
 use sqlx::{AssertSqlSafe, FromRow, PgConnection, PgPool};
 use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
 use uuid::Uuid;
@@ -181,7 +185,8 @@ impl Outbox {
         }
     }
 
-    /// Inserts the row, claimable by the relay after `relay_after` from now.
+    /// Inserts the row, claimable by the relay `relay_after` after this statement: not after
+    /// the transaction's start, which may be long before its commit (a batch, a lock).
     async fn write(
         &self,
         tx: &mut PgConnection,
@@ -209,7 +214,8 @@ impl Outbox {
         let (subject, payload) = (event.subject(), envelope.to_vec());
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO outbox (event_id, subject, payload, headers, relay_after) \
-             VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5)) RETURNING id",
+             VALUES ($1, $2, $3, $4, statement_timestamp() + make_interval(secs => $5)) \
+             RETURNING id",
         )
         .bind(envelope.id)
         .bind(&subject)
@@ -260,18 +266,32 @@ impl Relay {
     /// Rounds overlap: once a round's publishes are out, the next may claim and send while
     /// the first waits for its acks (`ROUNDS_IN_FLIGHT`), so an event committed meanwhile
     /// does not wait for them too. The next round skips the rows still locked by the first,
-    /// and its publishes go out on the same connection after the first's, so the stream
-    /// stores them in outbox order.
+    /// and its publishes go out on the same connection after the first's, so without failures
+    /// the stream stores them in outbox order.
     ///
     /// Handed-off rows ("Hand-off" above) are a round of their own, with no claim: taken from
-    /// the channel as they come, many transactions' rows at once when they queue.
+    /// the channel as they come, many transactions' rows at once when they queue, and before
+    /// a claim, since they were committed before anything a notification announces now.
     pub async fn run(mut self, stop: CancellationToken) {
         let mut handed_off = self.handed_off.take();
         let mut listener = self.listen().await;
         let mut settling = FuturesUnordered::new();
+        // One timer for the whole run, not a sleep per pass: hand-offs keep the loop busy
+        // under load, and a sleep begun afresh on each pass would never end, while rows whose
+        // hand-off failed wake no one and wait for this poll.
+        let mut poll = tokio::time::interval(self.poll_interval);
+        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        poll.reset();
         // Rows may be pending: at start, after a wake-up, after a full round.
         let mut more = true;
         loop {
+            if settling.len() < ROUNDS_IN_FLIGHT
+                && let Some(rows) = try_handed_off(&mut handed_off)
+            {
+                let sent = self.send(None, gather(rows, handed_off.as_mut())).await;
+                settling.push(self.settle(sent));
+                continue;
+            }
             if more && settling.len() < ROUNDS_IN_FLIGHT {
                 more = false;
                 // The rounds in flight go on meanwhile: the claim may be waiting for a pooled
@@ -300,8 +320,7 @@ impl Relay {
             tokio::select! {
                 () = stop.cancelled() => break,
                 Some(rows) = next_handed_off(&mut handed_off), if settling.len() < ROUNDS_IN_FLIGHT => {
-                    let rows = gather(rows, handed_off.as_mut());
-                    let sent = self.send(None, rows).await;
+                    let sent = self.send(None, gather(rows, handed_off.as_mut())).await;
                     settling.push(self.settle(sent));
                 }
                 Some(settled) = settling.next(), if !settling.is_empty() => {
@@ -318,7 +337,7 @@ impl Relay {
                     }
                     more = true;
                 }
-                () = tokio::time::sleep(self.poll_interval) => {
+                _ = poll.tick() => {
                     if listener.is_none() {
                         listener = self.listen().await;
                     }
@@ -474,8 +493,19 @@ impl Relay {
             // pending.
             Some(claim) => end_claim(claim, &acked).await?,
             // Handed off: no claim to end; a claim that took a row meanwhile (its grace had
-            // passed) published a copy that JetStream dropped.
-            None => delete_published(&self.pool, &acked).await?,
+            // passed) published a copy that JetStream dropped. Rows not published are due at
+            // once, for the next poll's claim to take in outbox order.
+            None => {
+                let unpublished: Vec<i64> = if acked.len() == rows.len() {
+                    Vec::new()
+                } else {
+                    rows.iter()
+                        .map(|row| row.id)
+                        .filter(|id| !acked.contains(id))
+                        .collect()
+                };
+                settle_handed_off(&self.pool, &acked, &unpublished).await?;
+            }
         }
         tracing::debug!(published = acked.len(), "outbox relay round");
         Ok(Round {
@@ -528,22 +558,46 @@ async fn end_claim(claim: RawTransaction, published: &[i64]) -> Result<(), sqlx:
     claim.commit(&delete_statement(published)).await
 }
 
-/// Deletes the handed-off rows `published`, in a transaction of its own.
-async fn delete_published(pool: &PgPool, published: &[i64]) -> Result<(), sqlx::Error> {
-    if published.is_empty() {
+/// Deletes the handed-off rows `published` and makes the `unpublished` ones due for a claim,
+/// in one round trip.
+async fn settle_handed_off(
+    pool: &PgPool,
+    published: &[i64],
+    unpublished: &[i64],
+) -> Result<(), sqlx::Error> {
+    let mut statements = String::new();
+    if !published.is_empty() {
+        statements.push_str(&delete_statement(published));
+    }
+    if !unpublished.is_empty() {
+        statements.push_str(&format!(
+            "UPDATE outbox SET relay_after = now() WHERE id IN ({}); ",
+            id_list(unpublished)
+        ));
+    }
+    if statements.is_empty() {
         return Ok(());
     }
-    sqlx::raw_sql(AssertSqlSafe(delete_statement(published)))
+    sqlx::raw_sql(AssertSqlSafe(statements))
         .execute(pool)
         .await?;
     Ok(())
 }
 
-/// The statement deleting the rows `ids`, as text: ids of rows read back from the outbox, so
-/// nothing but digits and commas goes into it.
+/// The statement deleting the rows `ids`, as text.
 fn delete_statement(ids: &[i64]) -> String {
+    format!("DELETE FROM outbox WHERE id IN ({}); ", id_list(ids))
+}
+
+/// Ids of rows read back from the outbox, as text: nothing but digits and commas.
+fn id_list(ids: &[i64]) -> String {
     let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
-    format!("DELETE FROM outbox WHERE id IN ({}); ", ids.join(","))
+    ids.join(",")
+}
+
+/// Rows already handed off, without waiting.
+fn try_handed_off(handed_off: &mut Option<HandedOff>) -> Option<Vec<PendingRow>> {
+    handed_off.as_mut()?.0.try_recv().ok()
 }
 
 /// The next handed-off rows; never ready without a hand-off or once every writer is gone.

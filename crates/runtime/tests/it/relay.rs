@@ -187,13 +187,45 @@ async fn handed_off_rows_are_published_at_once_and_rows_whose_hand_off_was_lost_
         .expect("the lost row is left alone during its grace");
     assert_eq!(left, lost.id);
 
+    // Meanwhile other writers keep handing off, so the relay is never idle for a whole poll
+    // interval: the lost row must be claimed all the same.
+    let writing = CancellationToken::new();
+    let writer = tokio::spawn({
+        let (pool, outbox, writing) = (database.pool.clone(), outbox.clone(), writing.clone());
+        async move {
+            let mut written: u64 = 0;
+            while !writing.is_cancelled() {
+                let mut tx = pool.begin().await.expect("failed to begin");
+                let (_, row) = outbox
+                    .enqueue_handed_off(&mut tx, &product_update(&format!("busy-{written}")), None)
+                    .await
+                    .expect("failed to enqueue");
+                tx.commit().await.expect("failed to commit");
+                outbox.hand_off(row);
+                written += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            written
+        }
+    });
     eventually("the lost row to be claimed after its grace", || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox WHERE event_id = $1")
+            .bind(lost.id)
+            .fetch_one(&database.pool)
+            .await
+            .expect("failed to count")
+            == 0
+    })
+    .await;
+    writing.cancel();
+    let busy = writer.await.expect("the writer panicked");
+    eventually("every row to leave the outbox", || async {
         count(&database, "SELECT count(*) FROM outbox").await == 0
     })
     .await;
     assert_eq!(
         stored(&jetstream).await,
-        4,
+        4 + busy,
         "each row is in the stream once"
     );
     stop.cancel();
@@ -234,4 +266,58 @@ async fn a_stopping_relay_publishes_rows_still_in_their_grace() {
     .expect("the relay did not stop");
     assert_eq!(stored(&jetstream).await, 1);
     assert_eq!(count(&database, "SELECT count(*) FROM outbox").await, 0);
+}
+
+#[tokio::test]
+async fn handed_off_rows_whose_publish_failed_are_due_at_once() {
+    // INVENTORY only: an order event has no stream to ack it, so its publish fails.
+    let (_nats, jetstream) = inventory_stream().await;
+    let database =
+        ScratchDatabase::create("handoff_failed", &Migrator::with_migrations(Vec::new())).await;
+    let outbox = Outbox::with_handoff("handoff-failed-test");
+    let stop = CancellationToken::new();
+    let relay = tokio::spawn(
+        relay(
+            &database,
+            &jetstream,
+            Duration::from_secs(3600),
+            outbox.take_handed_off(),
+        )
+        .run(stop.clone()),
+    );
+    let unroutable = Event::OrderCancelled(OrderCancelled {
+        order_id: Uuid::now_v7(),
+        reason: CancelReason::CustomerRequest,
+    });
+    let mut tx = database.pool.begin().await.expect("failed to begin");
+    let (_, row) = outbox
+        .enqueue_handed_off(&mut tx, &unroutable, None)
+        .await
+        .expect("failed to enqueue");
+    tx.commit().await.expect("failed to commit");
+    outbox.hand_off(row);
+
+    eventually("the failed row to be due", || async {
+        count(
+            &database,
+            "SELECT count(*) FROM outbox WHERE relay_after <= now()",
+        )
+        .await
+            == 1
+    })
+    .await;
+    assert_eq!(
+        count(
+            &database,
+            "SELECT count(*) FROM outbox WHERE relay_after < created_at + interval '3 seconds'"
+        )
+        .await,
+        1,
+        "made due by the failed hand-off, not by its grace running out"
+    );
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(30), relay)
+        .await
+        .expect("the relay did not stop")
+        .expect("the relay panicked");
 }
