@@ -22,8 +22,8 @@
 //!
 //! A consumer (or an HTTP handler) that wrote events knows them already: after its commit it
 //! hands the rows to this process's relay ([`Outbox::hand_off`]), which publishes them at
-//! once and then deletes them, one round trip, with no notification, claim or poll in
-//! between. Such rows are written with `relay_after` a few seconds ahead
+//! once, with no notification, claim or poll in between, and deletes them a little later,
+//! many rows a statement ([`DELETE_DELAY`]). Such rows are written with `relay_after` a few seconds ahead
 //! ([`HANDOFF_GRACE`]); claims skip them until then, and their insert wakes no relay at all,
 //! so they are not published twice. If the hand-off never happens (the process died after
 //! its commit, the channel was full), the relay's poll claims them once `relay_after` has
@@ -68,6 +68,11 @@ const ROUNDS_IN_FLIGHT: usize = 2;
 /// How long claims leave a handed-off row to the hand-off (see "Hand-off" above): far more
 /// than a publish takes, short enough that a row whose hand-off was lost is not late by much.
 pub const HANDOFF_GRACE: Duration = Duration::from_secs(3);
+
+/// How long the relay gathers published handed-off rows before deleting them in one
+/// statement: a delete is a commit, and one per row would cost as much as the claim the
+/// hand-off saves. Rows waiting for it are in their grace, so no claim takes them.
+const DELETE_DELAY: Duration = Duration::from_millis(100);
 
 /// Handed-off transactions that may wait for the relay; beyond that a writer's rows wait for
 /// the grace to pass instead (see [`Outbox::hand_off`]).
@@ -282,6 +287,7 @@ impl Relay {
         let mut poll = tokio::time::interval(self.poll_interval);
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
         poll.reset();
+        let mut deletions = Deletions::default();
         // Rows may be pending: at start, after a wake-up, after a full round.
         let mut more = true;
         loop {
@@ -301,7 +307,7 @@ impl Relay {
                     tokio::select! {
                         claimed = &mut claiming => break claimed,
                         Some(settled) = settling.next(), if !settling.is_empty() => {
-                            settled_round(settled);
+                            settled_round(settled, &mut deletions);
                         }
                     }
                 };
@@ -312,7 +318,7 @@ impl Relay {
                     }
                     Ok(None) => {}
                     Err(error) => {
-                        settled_round(Err(error));
+                        settled_round(Err(error), &mut deletions);
                     }
                 }
                 continue;
@@ -325,9 +331,15 @@ impl Relay {
                 }
                 Some(settled) = settling.next(), if !settling.is_empty() => {
                     // Rows left pending are retried on the next wake-up, not in a tight loop.
-                    if !settled_round(settled) {
+                    if !settled_round(settled, &mut deletions) {
                         more = false;
                     }
+                    if deletions.full() {
+                        self.delete_later(deletions.take());
+                    }
+                }
+                () = sleep_until_due(&deletions) => {
+                    self.delete_later(deletions.take());
                 }
                 woken = wait_for_notification(&mut listener) => {
                     if !woken {
@@ -346,7 +358,11 @@ impl Relay {
             }
         }
         while let Some(settled) = settling.next().await {
-            settled_round(settled);
+            settled_round(settled, &mut deletions);
+        }
+        // Deleted before the drain, which would otherwise publish them again.
+        if let Err(error) = delete_published(&self.pool, &deletions.take()).await {
+            tracing::warn!(%error, "cannot delete published outbox rows; they will be published again, and dropped as duplicates");
         }
         // What was handed off and not yet taken is in the outbox too: the drain claims it,
         // grace or not.
@@ -371,13 +387,25 @@ impl Relay {
         }
     }
 
+    /// Deletes published handed-off rows in the background: nothing waits for it, and should
+    /// it fail, the rows are published again after their grace and dropped as duplicates.
+    fn delete_later(&self, published: Vec<i64>) {
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            if let Err(error) = delete_published(&pool, &published).await {
+                tracing::warn!(%error, rows = published.len(), "cannot delete published outbox rows; they will be published again, and dropped as duplicates");
+            }
+        });
+    }
+
     /// Publishes rounds, one at a time, until fewer rows than a full batch are pending.
     async fn drain(&self) {
         loop {
             let round = self.publish_batch(Claim::Everything).await;
             let full = matches!(&round, Ok(round) if round.claimed == BATCH_SIZE);
-            // Only a full batch, all published, may have more behind it.
-            if !(settled_round(round) && full) {
+            // Only a full batch, all published, may have more behind it. A claimed round
+            // deletes its own rows.
+            if !(settled_round(round, &mut Deletions::default()) && full) {
                 return;
             }
         }
@@ -495,22 +523,29 @@ impl Relay {
             // Handed off: no claim to end; a claim that took a row meanwhile (its grace had
             // passed) published a copy that JetStream dropped. Rows not published are due at
             // once, for the next poll's claim to take in outbox order.
+            // The published ones are deleted a little later, with others ([`DELETE_DELAY`]).
             None => {
-                let unpublished: Vec<i64> = if acked.len() == rows.len() {
-                    Vec::new()
-                } else {
-                    rows.iter()
+                if acked.len() < rows.len() {
+                    let unpublished: Vec<i64> = rows
+                        .iter()
                         .map(|row| row.id)
                         .filter(|id| !acked.contains(id))
-                        .collect()
-                };
-                settle_handed_off(&self.pool, &acked, &unpublished).await?;
+                        .collect();
+                    make_due(&self.pool, &unpublished).await?;
+                }
+                tracing::debug!(published = acked.len(), "outbox hand-off round");
+                return Ok(Round {
+                    claimed: rows.len() as i64,
+                    published: acked.len() as i64,
+                    to_delete: acked,
+                });
             }
         }
         tracing::debug!(published = acked.len(), "outbox relay round");
         Ok(Round {
             claimed: rows.len() as i64,
             published: acked.len() as i64,
+            to_delete: Vec::new(),
         })
     }
 }
@@ -558,30 +593,64 @@ async fn end_claim(claim: RawTransaction, published: &[i64]) -> Result<(), sqlx:
     claim.commit(&delete_statement(published)).await
 }
 
-/// Deletes the handed-off rows `published` and makes the `unpublished` ones due for a claim,
-/// in one round trip.
-async fn settle_handed_off(
-    pool: &PgPool,
-    published: &[i64],
-    unpublished: &[i64],
-) -> Result<(), sqlx::Error> {
-    let mut statements = String::new();
-    if !published.is_empty() {
-        statements.push_str(&delete_statement(published));
-    }
-    if !unpublished.is_empty() {
-        statements.push_str(&format!(
-            "UPDATE outbox SET relay_after = now() WHERE id IN ({}); ",
-            id_list(unpublished)
-        ));
-    }
-    if statements.is_empty() {
-        return Ok(());
-    }
-    sqlx::raw_sql(AssertSqlSafe(statements))
+/// Makes the handed-off rows `unpublished` due for the next claim.
+async fn make_due(pool: &PgPool, unpublished: &[i64]) -> Result<(), sqlx::Error> {
+    let statement = format!(
+        "UPDATE outbox SET relay_after = now() WHERE id IN ({})",
+        id_list(unpublished)
+    );
+    sqlx::raw_sql(AssertSqlSafe(statement))
         .execute(pool)
         .await?;
     Ok(())
+}
+
+/// Deletes the handed-off rows `published`, in a transaction of its own.
+async fn delete_published(pool: &PgPool, published: &[i64]) -> Result<(), sqlx::Error> {
+    if published.is_empty() {
+        return Ok(());
+    }
+    sqlx::raw_sql(AssertSqlSafe(delete_statement(published)))
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Published handed-off rows waiting to be deleted together ([`DELETE_DELAY`]).
+#[derive(Debug, Default)]
+struct Deletions {
+    ids: Vec<i64>,
+    /// When the oldest of them has waited long enough.
+    due: Option<tokio::time::Instant>,
+}
+
+impl Deletions {
+    fn add(&mut self, ids: Vec<i64>) {
+        if ids.is_empty() {
+            return;
+        }
+        self.due
+            .get_or_insert_with(|| tokio::time::Instant::now() + DELETE_DELAY);
+        self.ids.extend(ids);
+    }
+
+    /// Enough for a statement of its own at once.
+    fn full(&self) -> bool {
+        self.ids.len() as i64 >= BATCH_SIZE
+    }
+
+    fn take(&mut self) -> Vec<i64> {
+        self.due = None;
+        std::mem::take(&mut self.ids)
+    }
+}
+
+/// Ready when the deletions waiting are due; never when none wait.
+async fn sleep_until_due(deletions: &Deletions) {
+    match deletions.due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The statement deleting the rows `ids`, as text.
@@ -659,13 +728,19 @@ struct Sent {
 struct Round {
     claimed: i64,
     published: i64,
+    /// Handed-off rows published, for the relay to delete a little later.
+    to_delete: Vec<i64>,
 }
 
 /// Reports how a round ended (a failed claim too); true when it published every row it
 /// claimed.
-fn settled_round(settled: anyhow::Result<Round>) -> bool {
+fn settled_round(settled: anyhow::Result<Round>, deletions: &mut Deletions) -> bool {
     match settled {
-        Ok(round) => round.published == round.claimed,
+        Ok(round) => {
+            let all = round.published == round.claimed;
+            deletions.add(round.to_delete);
+            all
+        }
         Err(error) => {
             tracing::warn!(error = %format!("{error:#}"), "outbox relay round failed; will retry");
             false
@@ -680,6 +755,30 @@ async fn wait_for_notification(listener: &mut Option<PgListener>) -> bool {
         // meanwhile are gone, so the caller listens again and drains everything pending.
         Some(listener) => matches!(listener.try_recv().await, Ok(Some(_))),
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod deletion_tests {
+    use super::*;
+
+    #[test]
+    fn deletions_are_due_a_delay_after_the_first_and_full_at_a_batch() {
+        let mut deletions = Deletions::default();
+        deletions.add(Vec::new());
+        assert_eq!(deletions.due, None, "nothing to delete is never due");
+
+        deletions.add(vec![1, 2]);
+        let due = deletions.due.expect("due once rows wait");
+        assert!(due <= tokio::time::Instant::now() + DELETE_DELAY);
+        deletions.add(vec![3]);
+        assert_eq!(deletions.due, Some(due), "the oldest row sets the time");
+        assert!(!deletions.full());
+
+        assert_eq!(deletions.take(), [1, 2, 3]);
+        assert_eq!(deletions.due, None);
+        deletions.add((0..BATCH_SIZE).collect());
+        assert!(deletions.full());
     }
 }
 
