@@ -20,7 +20,7 @@
 //!
 //! # Hand-off
 //!
-//! A consumer (or an HTTP handler) that wrote events knows them already: after its commit it
+//! A writer (a consumer, an HTTP handler, a timer) that wrote events knows them already: after its commit it
 //! hands the rows to this process's relay ([`Outbox::hand_off`]), which publishes them at
 //! once, with no notification, claim or poll in between, and deletes them a little later,
 //! many rows a statement ([`DELETE_DELAY`]). Such rows are written with `relay_after` a few seconds ahead

@@ -95,9 +95,9 @@ pub struct Settings {
     #[arg(long, env = "OUTBOX_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub outbox_poll_interval: Duration,
 
-    /// Whether the consumers and the order API hand the events they commit straight to the
-    /// relay, which publishes them at once, instead of leaving them to its next claim (after a
-    /// notification from Postgres). Off: every event goes through a claim.
+    /// Whether the consumers, the APIs and the deadline timer hand the events they commit
+    /// straight to the relay, which publishes them at once, instead of leaving them to its
+    /// next claim (after a notification from Postgres). Off: every event goes through a claim.
     #[arg(long, env = "OUTBOX_HANDOFF", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub outbox_handoff: bool,
 

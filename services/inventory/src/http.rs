@@ -180,8 +180,12 @@ async fn put_product(
         name: product.name.clone(),
         price_cents: product.price_cents,
     });
-    state.outbox.enqueue(&mut tx, &event, None).await?;
+    let (_, written) = state
+        .outbox
+        .enqueue_handed_off(&mut tx, &event, None)
+        .await?;
     tx.commit().await?;
+    state.outbox.hand_off(written);
     tracing::info!(on_hand = product.on_hand, "product saved");
     Ok(Json(product))
 }

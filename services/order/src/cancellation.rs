@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use runtime::outbox::{Cause, Outbox};
+use runtime::outbox::{Cause, Outbox, Written};
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -31,13 +31,15 @@ pub enum CancelError {
     Contract(String),
 }
 
-/// Cancels one order inside the caller's transaction; returns its status afterwards.
+/// Cancels one order inside the caller's transaction; returns its status afterwards, and the
+/// outbox row of the request, for the caller to hand off once it has committed.
 pub async fn cancel(
     tx: &mut PgConnection,
     outbox: &Outbox,
     order_id: Uuid,
     cancellation: Cancellation,
-) -> Result<Status, CancelError> {
+) -> Result<(Status, Written), CancelError> {
+    let mut written = Written::default();
     let saga = store::saga_for_update(tx, order_id)
         .await?
         .ok_or(CancelError::NotFound(order_id))?;
@@ -60,13 +62,14 @@ pub async fn cancel(
         );
         let traceparent = store::traceparent(tx, order_id).await?;
         runtime::telemetry::join_stored_trace(&span, traceparent.as_deref());
-        outbox
-            .enqueue(tx, &event, Some(&cause))
+        let (_, row) = outbox
+            .enqueue_handed_off(tx, &event, Some(&cause))
             .instrument(span)
             .await?;
+        written.extend(row);
         tracing::info!(%order_id, ?cancellation, "cancellation requested");
     }
-    Ok(step.saga.status)
+    Ok((step.saga.status, written))
 }
 
 /// The deadline timer: every `interval`, cancels the open orders whose deadline has passed.
@@ -91,10 +94,14 @@ async fn sweep_once(pool: &PgPool, outbox: &Outbox) -> Result<(), CancelError> {
     loop {
         let mut tx = pool.begin().await?;
         let overdue = store::overdue_orders(&mut tx, SWEEP_BATCH).await?;
+        let mut written = Written::default();
         for order_id in &overdue {
-            cancel(&mut tx, outbox, *order_id, Cancellation::DeadlineExceeded).await?;
+            let (_, row) =
+                cancel(&mut tx, outbox, *order_id, Cancellation::DeadlineExceeded).await?;
+            written.extend(row);
         }
         tx.commit().await?;
+        outbox.hand_off(written);
         if (overdue.len() as i64) < SWEEP_BATCH {
             return Ok(());
         }

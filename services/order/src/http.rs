@@ -350,15 +350,17 @@ async fn cancel_order(
         Some(owner) if caller.may_access(&owner) => {}
         _ => return Err(not_found()),
     }
-    let status = cancellation::cancel(&mut tx, &state.outbox, id, Cancellation::CustomerRequest)
-        .await
-        .map_err(|error| match error {
-            CancelError::NotFound(_) => ApiError::NotFound(error.to_string()),
-            CancelError::Finished(_) => ApiError::Conflict(error.to_string()),
-            CancelError::Database(error) => error.into(),
-            CancelError::Contract(message) => ApiError::Internal(anyhow::anyhow!(message)),
-        })?;
+    let (status, written) =
+        cancellation::cancel(&mut tx, &state.outbox, id, Cancellation::CustomerRequest)
+            .await
+            .map_err(|error| match error {
+                CancelError::NotFound(_) => ApiError::NotFound(error.to_string()),
+                CancelError::Finished(_) => ApiError::Conflict(error.to_string()),
+                CancelError::Database(error) => error.into(),
+                CancelError::Contract(message) => ApiError::Internal(anyhow::anyhow!(message)),
+            })?;
     tx.commit().await?;
+    state.outbox.hand_off(written);
     Ok(accepted(id, status.as_str()))
 }
 
