@@ -20,20 +20,22 @@
 //!
 //! # Hand-off
 //!
-//! A writer (a consumer, an HTTP handler, a timer) that wrote events knows them already: after its commit it
-//! hands the rows to this process's relay ([`Outbox::hand_off`]), which publishes them at
-//! once, with no notification, claim or poll in between, and deletes them a little later,
-//! many rows a statement ([`DELETE_DELAY`]). Such rows are written with `relay_after` a few seconds ahead
-//! ([`HANDOFF_GRACE`]); claims skip them until then, and their insert wakes no relay at all,
-//! so they are not published twice. If the hand-off never happens (the process died after
-//! its commit, the channel was full), the relay's poll claims them once `relay_after` has
-//! passed; if their publish fails, they are due at once and the next poll claims them. Either way, `Nats-Msg-Id` and the consumers' inboxes drop a
-//! second copy. Order: the rows of one transaction go out in the order they were written,
-//! and a consumer hands off before it acks, so one key's events from one consumer go out in
-//! the order they were caused. A row whose publish failed is made due at once and claimed at
-//! the next poll, by which time later rows may have gone out: as with a claimed row whose
-//! ack failed while the next round was already sent, failures can reorder, and consumers
-//! do not depend on the order (see the consumer module).
+//! A writer (a consumer, an HTTP handler, a timer) knows the events it wrote: after its
+//! commit it hands the rows to this process's relay ([`Outbox::hand_off`]), which publishes
+//! them at once, with no notification, claim or poll in between, and deletes them a little
+//! later, many rows a statement ([`DELETE_DELAY`]). Such rows are written with `relay_after`
+//! a few seconds ahead ([`HANDOFF_GRACE`]); claims skip them until then, and their insert
+//! wakes no relay at all, so they are not published twice. If the hand-off never happens
+//! (the process died after its commit, the channel was full), the relay's poll claims them
+//! once `relay_after` has passed; if their publish fails, they are due at once and the next
+//! poll claims them. Either way, `Nats-Msg-Id` and the consumers' inboxes drop a second copy.
+//!
+//! Order: the rows of one transaction go out in the order they were written, and a consumer
+//! hands off before it acks, so one key's events from one consumer go out in the order they
+//! were caused. A row whose publish failed is made due at once and claimed at the next poll,
+//! by which time later rows may have gone out: as with a claimed row whose ack failed while
+//! the next round was already sent, failures can reorder, and consumers do not depend on the
+//! order (see the consumer module).
 
 use std::collections::HashMap;
 use std::pin::pin;
@@ -361,9 +363,7 @@ impl Relay {
             settled_round(settled, &mut deletions);
         }
         // Deleted before the drain, which would otherwise publish them again.
-        if let Err(error) = delete_published(&self.pool, &deletions.take()).await {
-            tracing::warn!(%error, "cannot delete published outbox rows; they will be published again, and dropped as duplicates");
-        }
+        delete_published(&self.pool, &deletions.take()).await;
         // What was handed off and not yet taken is in the outbox too: the drain claims it,
         // grace or not.
         drop(handed_off);
@@ -391,11 +391,7 @@ impl Relay {
     /// it fail, the rows are published again after their grace and dropped as duplicates.
     fn delete_later(&self, published: Vec<i64>) {
         let pool = self.pool.clone();
-        tokio::spawn(async move {
-            if let Err(error) = delete_published(&pool, &published).await {
-                tracing::warn!(%error, rows = published.len(), "cannot delete published outbox rows; they will be published again, and dropped as duplicates");
-            }
-        });
+        tokio::spawn(async move { delete_published(&pool, &published).await });
     }
 
     /// Publishes rounds, one at a time, until fewer rows than a full batch are pending.
@@ -515,15 +511,19 @@ impl Relay {
             }
         }
 
-        match claim {
+        let published = acked.len() as i64;
+        let to_delete = match claim {
             // In the claiming transaction: the rows stay locked until they are gone, so no
             // other relay can claim an acked row in between. Rows whose publish failed stay
             // pending.
-            Some(claim) => end_claim(claim, &acked).await?,
+            Some(claim) => {
+                end_claim(claim, &acked).await?;
+                Vec::new()
+            }
             // Handed off: no claim to end; a claim that took a row meanwhile (its grace had
             // passed) published a copy that JetStream dropped. Rows not published are due at
-            // once, for the next poll's claim to take in outbox order.
-            // The published ones are deleted a little later, with others ([`DELETE_DELAY`]).
+            // once, for the next poll's claim to take in outbox order; the published ones are
+            // deleted a little later, with others ([`DELETE_DELAY`]).
             None => {
                 if acked.len() < rows.len() {
                     let unpublished: Vec<i64> = rows
@@ -533,19 +533,14 @@ impl Relay {
                         .collect();
                     make_due(&self.pool, &unpublished).await?;
                 }
-                tracing::debug!(published = acked.len(), "outbox hand-off round");
-                return Ok(Round {
-                    claimed: rows.len() as i64,
-                    published: acked.len() as i64,
-                    to_delete: acked,
-                });
+                acked
             }
-        }
-        tracing::debug!(published = acked.len(), "outbox relay round");
+        };
+        tracing::debug!(published, "outbox relay round");
         Ok(Round {
             claimed: rows.len() as i64,
-            published: acked.len() as i64,
-            to_delete: Vec::new(),
+            published,
+            to_delete,
         })
     }
 }
@@ -605,15 +600,18 @@ async fn make_due(pool: &PgPool, unpublished: &[i64]) -> Result<(), sqlx::Error>
     Ok(())
 }
 
-/// Deletes the handed-off rows `published`, in a transaction of its own.
-async fn delete_published(pool: &PgPool, published: &[i64]) -> Result<(), sqlx::Error> {
+/// Deletes the handed-off rows `published`, in a transaction of its own. Should that fail,
+/// the rows are published again after their grace and dropped as duplicates.
+async fn delete_published(pool: &PgPool, published: &[i64]) {
     if published.is_empty() {
-        return Ok(());
+        return;
     }
-    sqlx::raw_sql(AssertSqlSafe(delete_statement(published)))
+    let deleted = sqlx::raw_sql(AssertSqlSafe(delete_statement(published)))
         .execute(pool)
-        .await?;
-    Ok(())
+        .await;
+    if let Err(error) = deleted {
+        tracing::warn!(%error, rows = published.len(), "cannot delete published outbox rows; they will be published again, and dropped as duplicates");
+    }
 }
 
 /// Published handed-off rows waiting to be deleted together ([`DELETE_DELAY`]).

@@ -3,12 +3,13 @@
 
 use std::time::Duration;
 
-use events::Event;
 use events::order::{CancelReason, OrderCancelled};
 use events::streams::Context;
+use events::{Envelope, Event};
 use runtime::metrics::Metrics;
 use runtime::outbox::{HandedOff, Outbox, Relay, Written};
 use runtime::testing::ScratchDatabase;
+use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -47,11 +48,7 @@ async fn published_rows_leave_the_outbox_and_only_what_is_pending_stays() {
         count(&database, "SELECT count(*) FROM outbox").await == 1
     })
     .await;
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(30), relay)
-        .await
-        .expect("the relay did not stop")
-        .expect("the relay panicked");
+    stop_relay(stop, relay).await;
 
     assert_eq!(
         stored(&jetstream).await,
@@ -102,6 +99,26 @@ fn relay(
         crash_after_publish_ack: None,
         handed_off,
     }
+}
+
+/// Writes `event` for a hand-off in a transaction of its own and commits; handing it off is
+/// the caller's.
+async fn commit_handed_off(pool: &PgPool, outbox: &Outbox, event: &Event) -> (Envelope, Written) {
+    let mut tx = pool.begin().await.expect("failed to begin");
+    let written = outbox
+        .enqueue_handed_off(&mut tx, event, None)
+        .await
+        .expect("failed to enqueue");
+    tx.commit().await.expect("failed to commit");
+    written
+}
+
+async fn stop_relay(stop: CancellationToken, relay: tokio::task::JoinHandle<()>) {
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(30), relay)
+        .await
+        .expect("the relay did not stop")
+        .expect("the relay panicked");
 }
 
 async fn count(database: &ScratchDatabase, query: &'static str) -> i64 {
@@ -165,12 +182,8 @@ async fn handed_off_rows_are_published_at_once_and_rows_whose_hand_off_was_lost_
     outbox.hand_off(written);
 
     // Written for a hand-off that never comes, as when the writer dies after its commit.
-    let mut tx = database.pool.begin().await.expect("failed to begin");
-    let (lost, never_handed_off) = outbox
-        .enqueue_handed_off(&mut tx, &product_update("lost"), None)
-        .await
-        .expect("failed to enqueue");
-    tx.commit().await.expect("failed to commit");
+    let (lost, never_handed_off) =
+        commit_handed_off(&database.pool, &outbox, &product_update("lost")).await;
     drop(never_handed_off);
 
     eventually("the handed-off rows to be published", || async {
@@ -195,12 +208,8 @@ async fn handed_off_rows_are_published_at_once_and_rows_whose_hand_off_was_lost_
         async move {
             let mut written: u64 = 0;
             while !writing.is_cancelled() {
-                let mut tx = pool.begin().await.expect("failed to begin");
-                let (_, row) = outbox
-                    .enqueue_handed_off(&mut tx, &product_update(&format!("busy-{written}")), None)
-                    .await
-                    .expect("failed to enqueue");
-                tx.commit().await.expect("failed to commit");
+                let event = product_update(&format!("busy-{written}"));
+                let (_, row) = commit_handed_off(&pool, &outbox, &event).await;
                 outbox.hand_off(row);
                 written += 1;
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -228,11 +237,7 @@ async fn handed_off_rows_are_published_at_once_and_rows_whose_hand_off_was_lost_
         4 + busy,
         "each row is in the stream once"
     );
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(30), relay)
-        .await
-        .expect("the relay did not stop")
-        .expect("the relay panicked");
+    stop_relay(stop, relay).await;
 }
 
 #[tokio::test]
@@ -241,12 +246,8 @@ async fn a_stopping_relay_publishes_rows_still_in_their_grace() {
     let database =
         ScratchDatabase::create("handoff_stop", &Migrator::with_migrations(Vec::new())).await;
     let outbox = Outbox::with_handoff("handoff-stop-test");
-    let mut tx = database.pool.begin().await.expect("failed to begin");
-    let (_, not_handed_off) = outbox
-        .enqueue_handed_off(&mut tx, &product_update("a"), None)
-        .await
-        .expect("failed to enqueue");
-    tx.commit().await.expect("failed to commit");
+    let (_, not_handed_off) =
+        commit_handed_off(&database.pool, &outbox, &product_update("a")).await;
     drop(not_handed_off);
 
     let stop = CancellationToken::new();
@@ -289,12 +290,7 @@ async fn handed_off_rows_whose_publish_failed_are_due_at_once() {
         order_id: Uuid::now_v7(),
         reason: CancelReason::CustomerRequest,
     });
-    let mut tx = database.pool.begin().await.expect("failed to begin");
-    let (_, row) = outbox
-        .enqueue_handed_off(&mut tx, &unroutable, None)
-        .await
-        .expect("failed to enqueue");
-    tx.commit().await.expect("failed to commit");
+    let (_, row) = commit_handed_off(&database.pool, &outbox, &unroutable).await;
     outbox.hand_off(row);
 
     eventually("the failed row to be due", || async {
@@ -315,9 +311,5 @@ async fn handed_off_rows_whose_publish_failed_are_due_at_once() {
         1,
         "made due by the failed hand-off, not by its grace running out"
     );
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(30), relay)
-        .await
-        .expect("the relay did not stop")
-        .expect("the relay panicked");
+    stop_relay(stop, relay).await;
 }
