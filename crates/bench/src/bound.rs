@@ -5,8 +5,8 @@
 //! what one saga costs in each (counted from the system during the run), that bounds the
 //! sagas a second this machine could do.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -14,7 +14,7 @@ use async_nats::jetstream::{self, AckKind, consumer, stream};
 use events::Event;
 use events::order::{OrderLineV2, OrderPlacedV2, Shipping};
 use futures::StreamExt;
-use runtime::outbox::Outbox;
+use runtime::outbox::{self, Outbox, Written};
 use serde::Serialize;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
@@ -91,9 +91,10 @@ impl Bound {
 }
 
 /// Saga steps a second applied the way a service's consumer applies them — per step an
-/// inbox insert, one row updated and one outbox insert (its notify trigger included), in a
-/// savepoint when several share a transaction, `batch` steps per transaction — from
-/// `clients` concurrent connections for `duration`, in a scratch database on `server_url`.
+/// inbox insert, one row updated and one outbox insert (handed off, so its trigger notifies
+/// no one), in a savepoint when several share a transaction, `batch` steps per transaction,
+/// and the rows deleted every 100 ms as the relay deletes what it published — from `clients`
+/// concurrent connections for `duration`, in a scratch database on `server_url`.
 pub async fn postgres_steps(
     server_url: &str,
     clients: usize,
@@ -132,22 +133,32 @@ pub async fn postgres_steps(
         .await?;
         let steps = Arc::new(AtomicU64::new(0));
         let batch = batch.max(1);
-        let outbox = Outbox::new("bench");
+        // Written as the services write now, for their relay to take over a channel (no
+        // NOTIFY for such rows), and deleted as their relay deletes them once published.
+        let outbox = Outbox::with_handoff("bench");
+        let published = Arc::new(Mutex::new(Vec::new()));
         let event = typical_event();
         let deadline = Instant::now() + duration;
+        let deleter = tokio::spawn(delete_as_the_relay_does(
+            pool.clone(),
+            Arc::clone(&published),
+            deadline,
+        ));
         let workers: Vec<_> = (0..clients)
             .map(|worker| {
-                let (pool, steps, outbox, event) = (
+                let (pool, steps, outbox, event, published) = (
                     pool.clone(),
                     Arc::clone(&steps),
                     outbox.clone(),
                     event.clone(),
+                    Arc::clone(&published),
                 );
                 tokio::spawn(async move {
                     let mut row = worker as i64;
                     while Instant::now() < deadline {
                         let transaction = async {
                             let mut tx = pool.begin().await?;
+                            let mut written = Written::default();
                             for step in 0..batch {
                                 row = row % STATE_ROWS + 1;
                                 // As a batching consumer does: each step in a savepoint,
@@ -158,12 +169,16 @@ pub async fn postgres_steps(
                                     (_, 0) => "SAVEPOINT step; ",
                                     _ => "RELEASE SAVEPOINT step; SAVEPOINT step; ",
                                 };
-                                apply_step(&mut tx, before, row, &outbox, &event).await?;
+                                written.extend(
+                                    apply_step(&mut tx, before, row, &outbox, &event).await?,
+                                );
                             }
-                            tx.commit().await
+                            tx.commit().await?;
+                            Ok::<_, sqlx::Error>(written)
                         };
-                        if transaction.await.is_ok() {
+                        if let Ok(written) = transaction.await {
                             steps.fetch_add(batch as u64, Ordering::Relaxed);
+                            lock(&published).extend(written.ids());
                         }
                     }
                 })
@@ -173,6 +188,8 @@ pub async fn postgres_steps(
         for worker in workers {
             let _ = worker.await;
         }
+        let _ = deleter.await;
+        delete_published(&pool, &published).await;
         let elapsed = started.elapsed().as_secs_f64();
         pool.close().await;
         anyhow::Ok(steps.load(Ordering::Relaxed) as f64 / elapsed)
@@ -188,23 +205,52 @@ pub async fn postgres_steps(
 
 /// One saga step, through the same functions a service's consumer calls: its inbox row
 /// (`runtime::inbox::record`, after `before` in the same round trip), a row of saga state
-/// updated, an event into the outbox (`Outbox::enqueue`, which wraps and serialises the
-/// envelope).
+/// updated, an event into the outbox (`Outbox::enqueue_handed_off`, which wraps and
+/// serialises the envelope). Returns the outbox row, to delete once "published".
 async fn apply_step(
     tx: &mut PgConnection,
     before: &str,
     row: i64,
     outbox: &Outbox,
     event: &Event,
-) -> Result<(), sqlx::Error> {
+) -> Result<Written, sqlx::Error> {
     runtime::inbox::record(tx, before, "bench", Uuid::now_v7()).await?;
     sqlx::query("UPDATE saga_state SET status = $2, updated_at = now() WHERE id = $1")
         .bind(row)
         .bind("reserved")
         .execute(&mut *tx)
         .await?;
-    outbox.enqueue(tx, event, None).await?;
-    Ok(())
+    let (_, written) = outbox.enqueue_handed_off(tx, event, None).await?;
+    Ok(written)
+}
+
+/// Deletes the rows the workers committed, as a service's relay deletes the rows it
+/// published: every `DELETE_DELAY` until `deadline`. The bound publishes nothing here:
+/// JetStream's part is measured on its own.
+async fn delete_as_the_relay_does(
+    pool: sqlx::PgPool,
+    published: Arc<Mutex<Vec<i64>>>,
+    deadline: Instant,
+) {
+    let mut tick = tokio::time::interval(outbox::DELETE_DELAY);
+    while Instant::now() < deadline {
+        tick.tick().await;
+        delete_published(&pool, &published).await;
+    }
+}
+
+/// What the workers committed so far, deleted `BATCH_SIZE` rows a statement with the relay's
+/// own `runtime::outbox::delete_published`.
+async fn delete_published(pool: &sqlx::PgPool, published: &Mutex<Vec<i64>>) {
+    let ids = std::mem::take(&mut *lock(published));
+    for chunk in ids.chunks(outbox::BATCH_SIZE as usize) {
+        outbox::delete_published(pool, chunk).await;
+    }
+}
+
+fn lock(ids: &Mutex<Vec<i64>>) -> std::sync::MutexGuard<'_, Vec<i64>> {
+    ids.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// An `order.placed` of two lines: the largest event a saga writes.

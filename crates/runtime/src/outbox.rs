@@ -61,8 +61,9 @@ use crate::database::RawTransaction;
 use crate::metrics::Metrics;
 use crate::telemetry;
 
-/// Rows claimed and published per relay round.
-const BATCH_SIZE: i64 = 256;
+/// Rows claimed and published per relay round, and most rows a delete of published
+/// handed-off rows takes.
+pub const BATCH_SIZE: i64 = 256;
 
 /// Rounds whose publishes are out and whose acks are awaited at once; see [`Relay::run`].
 const ROUNDS_IN_FLIGHT: usize = 2;
@@ -74,7 +75,7 @@ pub const HANDOFF_GRACE: Duration = Duration::from_secs(3);
 /// How long the relay gathers published handed-off rows before deleting them in one
 /// statement: a delete is a commit, and one per row would cost as much as the claim the
 /// hand-off saves. Rows waiting for it are in their grace, so no claim takes them.
-const DELETE_DELAY: Duration = Duration::from_millis(100);
+pub const DELETE_DELAY: Duration = Duration::from_millis(100);
 
 /// Handed-off transactions that may wait for the relay; beyond that a writer's rows wait for
 /// the grace to pass instead (see [`Outbox::hand_off`]).
@@ -108,6 +109,12 @@ pub struct Written(Vec<PendingRow>);
 impl Written {
     pub fn extend(&mut self, other: Written) {
         self.0.extend(other.0);
+    }
+
+    /// The rows' ids, for a caller that deletes them itself (the bench's bound, which
+    /// publishes nothing but deletes as the relay does, with [`delete_published`]).
+    pub fn ids(&self) -> Vec<i64> {
+        self.0.iter().map(|row| row.id).collect()
     }
 }
 
@@ -602,7 +609,7 @@ async fn make_due(pool: &PgPool, unpublished: &[i64]) -> Result<(), sqlx::Error>
 
 /// Deletes the handed-off rows `published`, in a transaction of its own. Should that fail,
 /// the rows are published again after their grace and dropped as duplicates.
-async fn delete_published(pool: &PgPool, published: &[i64]) {
+pub async fn delete_published(pool: &PgPool, published: &[i64]) {
     if published.is_empty() {
         return;
     }
