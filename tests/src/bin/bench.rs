@@ -12,7 +12,9 @@
 //! Durability is as deployed: nats-server with `sync_interval: always`, Postgres with
 //! `synchronous_commit` on. To measure what they cost, `BENCH_NATS_SYNC_INTERVAL=2m` (the
 //! server's default) and `PGOPTIONS='-c synchronous_commit=off'` (read by every Postgres
-//! client, the services' and the bound's) relax them.
+//! client, the services' and the bound's) relax them. `scripts/bench` sets `PGSSLMODE=disable`
+//! unless it is set: the system and the bound share the machine with their Postgres, as in
+//! the compose file, and TLS over loopback protects nothing.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -282,10 +284,11 @@ async fn start(build: &Build) -> Result<System> {
         options = options.with_env(setting.service, &setting.key, &setting.value);
     }
     eprintln!(
-        "starting nats-server (sync_interval {}) and the five services of {} (PGOPTIONS {:?}, BENCH_SERVICE_ENV {:?})",
+        "starting nats-server (sync_interval {}) and the five services of {} (PGOPTIONS {:?}, PGSSLMODE {:?}, BENCH_SERVICE_ENV {:?})",
         options.nats_sync_interval.as_deref().unwrap_or("default"),
         build.name,
         std::env::var("PGOPTIONS").unwrap_or_default(),
+        std::env::var("PGSSLMODE").unwrap_or_default(),
         std::env::var("BENCH_SERVICE_ENV").unwrap_or_default()
     );
     System::start(options).await
