@@ -218,7 +218,7 @@ pub async fn postgres_steps(
             let _ = worker.await;
         }
         let _ = deleter.await;
-        delete_published(&pool, &published).await;
+        delete_gathered(&pool, &published).await;
         let elapsed = started.elapsed().as_secs_f64();
         pool.close().await;
         anyhow::Ok(steps.load(Ordering::Relaxed) as f64 / elapsed)
@@ -264,13 +264,13 @@ async fn delete_as_the_relay_does(
     let mut tick = tokio::time::interval(outbox::DELETE_DELAY);
     while Instant::now() < deadline {
         tick.tick().await;
-        delete_published(&pool, &published).await;
+        delete_gathered(&pool, &published).await;
     }
 }
 
 /// What the workers committed so far, deleted `BATCH_SIZE` rows a statement with the relay's
 /// own `runtime::outbox::delete_published`.
-async fn delete_published(pool: &sqlx::PgPool, published: &Mutex<Vec<i64>>) {
+async fn delete_gathered(pool: &sqlx::PgPool, published: &Mutex<Vec<i64>>) {
     let ids = std::mem::take(&mut *lock(published));
     for chunk in ids.chunks(outbox::BATCH_SIZE as usize) {
         outbox::delete_published(pool, chunk).await;

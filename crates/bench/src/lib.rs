@@ -29,6 +29,7 @@ use serde::Serialize;
 use sqlx::{Connection, PgConnection};
 
 use crate::bound::{Bound, BoundRun, PerSaga, StreamTotals};
+use crate::compare::Spread;
 use crate::load::Driver;
 use crate::mix::Mix;
 use crate::procs::{Sampler, Usage};
@@ -327,6 +328,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
             humantime::format_duration(options.bound_duration),
             options.bound_runs
         );
+        let stream_config = runtime::jetstream::context_stream(events::streams::Context::Order, 1);
         let mut runs = Vec::new();
         for _ in 0..options.bound_runs {
             let postgres_steps_per_s = bound::postgres_steps(
@@ -336,11 +338,13 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
                 options.bound_duration,
             )
             .await?;
-            let stream_config =
-                runtime::jetstream::context_stream(events::streams::Context::Order, 1);
-            let (jetstream_publishes_per_s, jetstream_consumes_per_s) =
-                bound::jetstream_rates(&jetstream, stream_config, 256, options.bound_duration)
-                    .await?;
+            let (jetstream_publishes_per_s, jetstream_consumes_per_s) = bound::jetstream_rates(
+                &jetstream,
+                stream_config.clone(),
+                256,
+                options.bound_duration,
+            )
+            .await?;
             runs.push(BoundRun {
                 postgres_steps_per_s,
                 jetstream_publishes_per_s,
@@ -527,9 +531,9 @@ pub fn summary(report: &Report) -> String {
         if bound.runs.len() > 1 {
             let range = |part: fn(&BoundRun) -> f64| {
                 let rates: Vec<f64> = bound.runs.iter().map(part).collect();
-                let low = rates.iter().copied().fold(f64::INFINITY, f64::min);
-                let high = rates.iter().copied().fold(0.0, f64::max);
-                format!("{low:.0}–{high:.0}")
+                Spread::of(&rates).map_or_else(String::new, |spread| {
+                    format!("{:.0}–{:.0}", spread.min, spread.max)
+                })
             };
             let _ = writeln!(
                 out,

@@ -61,8 +61,8 @@ use crate::database::RawTransaction;
 use crate::metrics::Metrics;
 use crate::telemetry;
 
-/// Rows claimed and published per relay round, and most rows a delete of published
-/// handed-off rows takes.
+/// Rows claimed and published per relay round; also how many published handed-off rows make
+/// the relay delete them at once instead of after [`DELETE_DELAY`].
 pub const BATCH_SIZE: i64 = 256;
 
 /// Rounds whose publishes are out and whose acks are awaited at once; see [`Relay::run`].
