@@ -110,6 +110,16 @@ impl PostgresServer {
         self.start_server().await
     }
 
+    /// Stops the server as [`PostgresServer::restart`] does, and leaves it stopped.
+    pub async fn stop(&mut self) -> Result<()> {
+        self.stop_server().await
+    }
+
+    /// Starts a stopped server again on the same port and data.
+    pub async fn start_again(&mut self) -> Result<()> {
+        self.start_server().await
+    }
+
     fn data_directory(&self) -> PathBuf {
         self.directory.path().join("data")
     }

@@ -10,6 +10,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use futures::TryStreamExt;
 use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::pool::PoolConnection;
@@ -37,6 +38,11 @@ pub const DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60
 
 /// How long a caller waits for a pooled connection before the pool gives up.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a starting service waits for a Postgres that cannot take it yet (still starting,
+/// restarting, out of connection slots, unreachable) before it gives up: long enough for a
+/// server started at the same time, short enough that a wrong address is not hidden for long.
+const STARTUP_PATIENCE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Error)]
 pub enum DatabaseError {
@@ -84,6 +90,40 @@ pub enum DatabaseError {
          (deploy/postgres/provision.sql sets that up for every table the owner creates)"
     )]
     MissingPrivileges { role: String, relations: String },
+}
+
+impl DatabaseError {
+    /// True when the same step may succeed later: Postgres unreachable, starting up, shutting
+    /// down or out of connection slots ([`is_transient`]). A wrong URL, password or privilege
+    /// is not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DatabaseError::Create { source, .. }
+            | DatabaseError::Connect { source, .. }
+            | DatabaseError::CheckPrivileges { source, .. }
+            | DatabaseError::Migrate {
+                source: sqlx::migrate::MigrateError::Execute(source),
+                ..
+            } => is_transient(source),
+            _ => false,
+        }
+    }
+}
+
+/// An error and its causes on one line, for a log. A cause its error already prints (as
+/// sqlx's I/O errors do) is not repeated.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        let said = error.to_string();
+        if !text.ends_with(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = error.source();
+    }
+    text
 }
 
 /// A Postgres URL as configured, which may carry a password: `Debug` shows it [`redact`]ed,
@@ -171,8 +211,30 @@ impl DatabaseOptions {
 }
 
 /// Creates the database if needed and applies all migrations as the owner role, then connects
-/// the run-time role's pool and checks that it may read and write every table.
+/// the run-time role's pool and checks that it may read and write every table. While
+/// Postgres cannot take the service yet ([`DatabaseError::is_transient`]), it tries again, for
+/// up to [`STARTUP_PATIENCE`]; every step is safe to repeat.
 pub async fn connect_and_migrate(
+    options: &DatabaseOptions,
+    service_migrations: &Migrator,
+) -> Result<PgPool, DatabaseError> {
+    (|| prepare(options, service_migrations))
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(200))
+                .with_max_delay(Duration::from_secs(5))
+                .with_total_delay(Some(STARTUP_PATIENCE))
+                .without_max_times()
+                .with_jitter(),
+        )
+        .when(DatabaseError::is_transient)
+        .notify(|error, delay| {
+            tracing::warn!(error = %with_causes(error), ?delay, "the database cannot take us yet; retrying");
+        })
+        .await
+}
+
+async fn prepare(
     options: &DatabaseOptions,
     service_migrations: &Migrator,
 ) -> Result<PgPool, DatabaseError> {
@@ -335,7 +397,8 @@ pub fn transaction_span(pool: &PgPool, summary: &'static str) -> tracing::Span {
 }
 
 /// True for errors where running the whole transaction again may succeed: serialization
-/// failures, deadlocks, an administrator shutdown, a lost connection or an exhausted pool.
+/// failures, deadlocks, an administrator shutdown, a server still starting or out of
+/// connection slots, a lost connection or an exhausted pool.
 pub fn is_transient(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Io(_)
@@ -345,7 +408,17 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
         | sqlx::Error::Tls(_) => true,
         sqlx::Error::Database(db) => matches!(
             db.code().as_deref(),
-            Some("40001" | "40P01" | "57P01" | "57P02" | "57P03" | "08000" | "08003" | "08006")
+            Some(
+                "40001"
+                    | "40P01"
+                    | "53300"
+                    | "57P01"
+                    | "57P02"
+                    | "57P03"
+                    | "08000"
+                    | "08003"
+                    | "08006"
+            )
         ),
         _ => false,
     }
@@ -504,5 +577,48 @@ mod tests {
     fn pool_exhaustion_is_worth_a_retry_but_a_bad_query_is_not() {
         assert!(is_transient(&sqlx::Error::PoolTimedOut));
         assert!(!is_transient(&sqlx::Error::RowNotFound));
+    }
+
+    #[test]
+    fn startup_waits_for_an_unreachable_server_but_not_for_a_wrong_setting() {
+        let refused = || sqlx::Error::Io(std::io::ErrorKind::ConnectionRefused.into());
+        let url = "postgres://127.0.0.1:1/x".to_owned();
+        assert!(
+            DatabaseError::Connect {
+                url: url.clone(),
+                source: refused(),
+            }
+            .is_transient()
+        );
+        assert!(
+            DatabaseError::Migrate {
+                url: url.clone(),
+                source: sqlx::migrate::MigrateError::Execute(refused()),
+            }
+            .is_transient()
+        );
+        assert!(
+            !DatabaseError::Migrate {
+                url: url.clone(),
+                source: sqlx::migrate::MigrateError::VersionMismatch(1),
+            }
+            .is_transient()
+        );
+        assert!(
+            !DatabaseError::MissingPrivileges {
+                role: "app".into(),
+                relations: "orders".into(),
+            }
+            .is_transient()
+        );
+        let error = DatabaseError::Connect {
+            url,
+            source: refused(),
+        };
+        assert_eq!(
+            with_causes(&error),
+            "failed to connect to postgres://127.0.0.1:1/x: error communicating with database: \
+             connection refused"
+        );
     }
 }

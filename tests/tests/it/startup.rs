@@ -1,14 +1,18 @@
-//! A service started before its broker waits for it instead of exiting
-//! (`retry_on_initial_connect`, and stream creation retried): it becomes ready once NATS is
-//! up, without a restart.
+//! A service started before its broker or its database waits for it instead of exiting
+//! (`retry_on_initial_connect` and stream creation retried for NATS, the database's
+//! preparation retried for Postgres): it becomes ready once the other comes up, without a
+//! restart.
 
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use e2e::databases;
+use e2e::logs;
 use e2e::nats_server::{NatsServer, NatsUsers};
 use e2e::polling::{Check, wait_for};
 use e2e::ports::free_port;
+use e2e::postgres_server::PostgresServer;
 use e2e::system::service_binary_directory;
 use uuid::Uuid;
 
@@ -19,21 +23,15 @@ async fn a_service_started_before_nats_becomes_ready_when_nats_comes_up() -> any
     nats.stop();
 
     let database = format!("e2e_{}_startup", Uuid::now_v7().simple());
-    let http_port = free_port()?;
-    let mut service = Command::new(service_binary_directory()?.join("inventory-service"))
-        .env("NATS_URL", nats.url())
-        .envs(users.client_environment("inventory"))
-        .env("DATABASE_URL", databases::database_url(&database))
-        .env("HTTP_ADDR", format!("127.0.0.1:{http_port}"))
-        .env("DB_MAX_CONNECTIONS", "2")
-        .env("INSECURE_DEV_AUTH", "1")
-        .env("LOG_FORMAT", "pretty")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let log = tempfile::NamedTempFile::new()?;
+    let mut service = Inventory::spawn(
+        &nats,
+        &users,
+        &databases::database_url(&database),
+        log.path(),
+    )?;
 
     // The service is up and waiting (its database is already created and migrated).
-    let ready_url = format!("http://127.0.0.1:{http_port}/readyz");
     wait_for(
         "the service to create its database",
         Duration::from_secs(30),
@@ -56,28 +54,117 @@ async fn a_service_started_before_nats_becomes_ready_when_nats_comes_up() -> any
         },
     )
     .await?;
-    assert!(
-        service.try_wait()?.is_none(),
-        "the service must wait for NATS, not exit"
-    );
+    service.assert_waiting("NATS")?;
 
     nats.restart().await?;
-    let outcome = wait_for(
-        "the service to become ready",
-        Duration::from_secs(60),
-        || async {
-            let status = reqwest::get(&ready_url).await?.status();
-            Ok(if status.is_success() {
-                Check::Done(())
-            } else {
-                Check::NotYet(format!("readyz {status}"))
-            })
-        },
-    )
-    .await;
+    let outcome = service.wait_ready().await;
 
-    let _ = service.kill();
-    let _ = service.wait();
+    drop(service);
     databases::drop_databases(std::slice::from_ref(&database)).await?;
     outcome
+}
+
+#[tokio::test]
+async fn a_service_started_before_postgres_becomes_ready_when_postgres_comes_up()
+-> anyhow::Result<()> {
+    let users = NatsUsers::generate();
+    let nats = NatsServer::start_with_users(users.clone()).await?;
+    let mut postgres = PostgresServer::start().await?;
+    postgres.stop().await?;
+
+    let log = tempfile::NamedTempFile::new()?;
+    let mut service = Inventory::spawn(
+        &nats,
+        &users,
+        &postgres.database_url("inventory"),
+        log.path(),
+    )?;
+    // Long enough for several refused attempts.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    service.assert_waiting("Postgres")?;
+    let said = logs::tail(log.path(), logs::TAIL_LINES);
+    assert!(
+        said.contains("the database cannot take us yet; retrying"),
+        "the service must say why it waits:\n{said}"
+    );
+
+    postgres.start_again().await?;
+    service.wait_ready().await
+}
+
+/// An inventory service process, killed on drop.
+struct Inventory {
+    process: Child,
+    http_port: u16,
+    log: std::path::PathBuf,
+}
+
+impl Inventory {
+    fn spawn(
+        nats: &NatsServer,
+        users: &NatsUsers,
+        database_url: &str,
+        log: &Path,
+    ) -> anyhow::Result<Inventory> {
+        let http_port = free_port()?;
+        let output = std::fs::File::create(log)?;
+        let process = Command::new(service_binary_directory()?.join("inventory-service"))
+            .env("NATS_URL", nats.url())
+            .envs(users.client_environment("inventory"))
+            .env("DATABASE_URL", database_url)
+            .env("HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+            .env("DB_MAX_CONNECTIONS", "2")
+            .env("INSECURE_DEV_AUTH", "1")
+            .env("LOG_FORMAT", "pretty")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::from(output.try_clone()?))
+            .stderr(Stdio::from(output))
+            .spawn()?;
+        Ok(Inventory {
+            process,
+            http_port,
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// Fails, with the end of the log, unless the process still runs.
+    fn assert_waiting(&mut self, for_what: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.process.try_wait()?.is_none(),
+            "the service must wait for {for_what}, not exit; its log ends:\n{}",
+            logs::tail(&self.log, logs::TAIL_LINES)
+        );
+        Ok(())
+    }
+
+    /// Polls `GET /readyz` for up to a minute.
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let ready_url = format!("http://127.0.0.1:{}/readyz", self.http_port);
+        let outcome = wait_for(
+            "the service to become ready",
+            Duration::from_secs(60),
+            || async {
+                let status = reqwest::get(&ready_url).await?.status();
+                Ok(if status.is_success() {
+                    Check::Done(())
+                } else {
+                    Check::NotYet(format!("readyz {status}"))
+                })
+            },
+        )
+        .await;
+        outcome.map_err(|error| {
+            error.context(format!(
+                "its log ends:\n{}",
+                logs::tail(&self.log, logs::TAIL_LINES)
+            ))
+        })
+    }
+}
+
+impl Drop for Inventory {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
 }
