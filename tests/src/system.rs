@@ -28,6 +28,10 @@ use crate::nats_server::{ADMIN_USER, NatsCluster, NatsServer, NatsUsers};
 use crate::ports::free_port;
 use crate::tokens::TokenIssuer;
 
+/// How many times [`System::start`] or a restart moves services whose port another program
+/// took to another port before it gives up.
+const PORT_CHANGES: usize = 3;
+
 /// How long a service may take from spawn to `GET /readyz` answering 200 (it creates and
 /// migrates its database and declares its streams and consumers first).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -204,10 +208,14 @@ struct ServiceProcess {
     binary: PathBuf,
     process: Option<Child>,
     http_port: u16,
+    /// The port was asked for (`fixed_http_ports`): it is never swapped for another.
+    fixed_port: bool,
     database: String,
     log_path: PathBuf,
     /// The environment every start of this service gets (without per-start extras).
     environment: Vec<(String, String)>,
+    /// The extras of the latest start, to start it the same way on another port.
+    latest_extra_env: Vec<(String, String)>,
 }
 
 impl ServiceProcess {
@@ -221,6 +229,7 @@ impl ServiceProcess {
     }
 
     fn spawn(&mut self, extra_env: &[(String, String)], own_process_group: bool) -> Result<()> {
+        self.latest_extra_env = extra_env.to_vec();
         let extras: Vec<String> = extra_env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let banner = format!("starting {} {}", self.label(), extras.join(" "));
         let (stdout, stderr) = logs::open_for_child(&self.log_path, banner.trim_end())?;
@@ -272,6 +281,29 @@ impl ServiceProcess {
 
     fn log_tail(&self) -> String {
         logs::tail(&self.log_path, logs::TAIL_LINES)
+    }
+
+    /// True when the process ended because its HTTP port was taken: `free_port` probes a
+    /// port and lets it go, and another program on the machine may bind it before the
+    /// service does.
+    fn lost_its_port(&self) -> bool {
+        let tail = self.log_tail();
+        !self.fixed_port
+            && tail.contains("failed to listen on")
+            && tail.contains("Address already in use")
+    }
+
+    /// Starts the process again as it was started last, on another free port.
+    fn spawn_on_another_port(&mut self, own_process_group: bool) -> Result<()> {
+        self.http_port = free_port()?;
+        let address = format!("127.0.0.1:{}", self.http_port);
+        for (key, value) in &mut self.environment {
+            if key == "HTTP_ADDR" {
+                value.clone_from(&address);
+            }
+        }
+        let extra_env = std::mem::take(&mut self.latest_extra_env);
+        self.spawn(&extra_env, own_process_group)
     }
 }
 
@@ -562,9 +594,11 @@ impl System {
                     binary: binary.clone(),
                     process: None,
                     http_port,
+                    fixed_port: options.fixed_http_ports && replica == 0,
                     database,
                     log_path,
                     environment,
+                    latest_extra_env: Vec::new(),
                 });
                 extra_envs.push(extra_env);
             }
@@ -593,17 +627,31 @@ impl System {
     }
 
     /// Polls `GET /readyz` of each process (an index into `services`) until it answers 200;
-    /// fails at once, with the end of its log, if a process exits first.
+    /// fails at once, with the end of its log, if a process exits first, unless it exited
+    /// because another program took its port: then it starts again on another.
     async fn wait_until_ready(&mut self, processes: &[usize]) -> Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut waiting: Vec<usize> = processes.to_vec();
         let mut last_seen: Vec<(usize, String)> = Vec::new();
+        let mut port_changes_left = PORT_CHANGES;
         while !waiting.is_empty() {
             last_seen.clear();
             let mut still_waiting = Vec::new();
             for index in waiting {
+                let own_process_group = self.own_process_group;
                 let process = &mut self.services[index];
                 if let Some(status) = process.exited()? {
+                    if port_changes_left > 0 && process.lost_its_port() {
+                        port_changes_left -= 1;
+                        eprintln!(
+                            "{} could not bind port {}, starting it on another",
+                            process.label(),
+                            process.http_port
+                        );
+                        process.spawn_on_another_port(own_process_group)?;
+                        still_waiting.push(index);
+                        continue;
+                    }
                     anyhow::bail!(
                         "{} exited before it was ready ({}); the end of its log ({}):\n{}",
                         process.label(),
@@ -939,7 +987,8 @@ impl System {
         }
     }
 
-    /// Starts a service (its first replica) again on the same port and database, with its
+    /// Starts a service (its first replica) again on the same port (another if that one was
+    /// taken meanwhile) and database, with its
     /// usual environment plus `extra_env` (the extras given at [`System::start`] are not
     /// repeated), and waits until it is ready. A service still running is killed first.
     pub async fn restart(&mut self, service: Service, extra_env: &[(&str, &str)]) -> Result<()> {

@@ -1,9 +1,11 @@
-//! Tests of the harness itself that need no service: a private NATS server with JetStream.
+//! Tests of the harness itself: a private NATS server with JetStream, and a service whose
+//! port another program took.
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use e2e::nats_server::NatsServer;
+use e2e::system::{Service, System, SystemOptions};
 
 #[tokio::test]
 async fn a_private_nats_server_serves_jetstream_and_deduplicates_by_message_id()
@@ -53,4 +55,20 @@ async fn a_dropped_nats_server_is_gone_with_its_files() -> anyhow::Result<()> {
     assert!(connected.is_err(), "{url} still accepts connections");
     assert!(directory.is_some_and(|directory| !directory.exists()));
     Ok(())
+}
+
+#[tokio::test]
+async fn a_service_whose_port_was_taken_starts_on_another() -> anyhow::Result<()> {
+    let mut system = System::start(SystemOptions::default()).await?;
+    let taken = system.http_port(Service::Notification);
+    system.kill(Service::Notification);
+    // Another program binds the port between the harness's choice and the service's bind.
+    let _squatter = std::net::TcpListener::bind(("127.0.0.1", taken))?;
+
+    system.restart(Service::Notification, &[]).await?;
+    let moved = system.http_port(Service::Notification);
+    assert_ne!(moved, taken);
+    let ready = system.get(Service::Notification, "/readyz").await?;
+    assert_eq!(ready.status, 200, "{}", ready.text);
+    system.shutdown().await
 }
