@@ -524,6 +524,33 @@ impl System {
         .await
     }
 
+    /// Polls `GET /orders/{id}` until its history holds these event types in this order
+    /// ([`OrderView::history_follows`]). The order service writes a step into the history
+    /// when it consumes the step's event, and its consumers of different streams keep no
+    /// order between them: the order can be terminal before, say, `payment.authorized` is
+    /// in its history (the history is sorted by the events' own times, so it lands in its
+    /// place).
+    pub async fn wait_history(
+        &self,
+        order_id: Uuid,
+        expected: &[&str],
+        timeout: Duration,
+    ) -> Result<OrderView> {
+        wait_for(
+            format!("order {order_id}'s history to hold {expected:?}"),
+            timeout,
+            || async move {
+                let order = self.order(order_id).await?;
+                Ok(if order.history_follows(expected) {
+                    Check::Done(order)
+                } else {
+                    Check::NotYet(format!("history {:?}", order.history_types()))
+                })
+            },
+        )
+        .await
+    }
+
     /// [`System::wait_terminal`] for many orders, polled in rounds so that hundreds of
     /// waiting orders do not flood the order service. Views come back in the order of `ids`.
     pub async fn wait_all_terminal(

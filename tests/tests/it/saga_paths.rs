@@ -24,17 +24,19 @@ async fn a_happy_order_completes_charged_once_shipped_once_and_notified() -> any
     assert_eq!(order.total_cents, 2500);
     assert_eq!(order.items.len(), 1);
     assert_eq!(order.items[0].unit_price_cents, 1250);
-    assert!(
-        order.history_follows(&[
-            "order.placed",
-            "inventory.reserved",
-            "payment.authorized",
-            "fulfillment.scheduled",
-            "order.completed",
-        ]),
-        "history {:?}",
-        order.history_types()
-    );
+    system
+        .wait_history(
+            order_id,
+            &[
+                "order.placed",
+                "inventory.reserved",
+                "payment.authorized",
+                "fulfillment.scheduled",
+                "order.completed",
+            ],
+            SETTLE_TIMEOUT,
+        )
+        .await?;
     let payment = system.payment(order_id).await?.expect("a payment");
     assert_eq!(
         (
@@ -127,16 +129,18 @@ async fn a_declined_card_cancels_the_order_and_releases_the_reservation() -> any
 
     assert_eq!(order.status, "cancelled", "{order:?}");
     assert_eq!(order.reason.as_deref(), Some("payment_declined"));
-    assert!(
-        order.history_follows(&[
-            "order.placed",
-            "inventory.reserved",
-            "payment.declined",
-            "inventory.released",
-        ]),
-        "history {:?}",
-        order.history_types()
-    );
+    system
+        .wait_history(
+            order_id,
+            &[
+                "order.placed",
+                "inventory.reserved",
+                "payment.declined",
+                "inventory.released",
+            ],
+            SETTLE_TIMEOUT,
+        )
+        .await?;
     if let Some(payment) = system.payment(order_id).await? {
         assert_eq!(payment.status, "declined");
         assert_eq!(payment.net_charged_cents(), 0);
@@ -170,16 +174,21 @@ async fn an_order_that_cannot_ship_is_refunded_in_full_and_released() -> anyhow:
 
     assert_eq!(order.status, "cancelled", "{order:?}");
     assert_eq!(order.reason.as_deref(), Some("fulfillment_failed"));
-    assert!(
-        order.history_follows(&["order.placed", "inventory.reserved", "payment.authorized"]),
-        "history {:?}",
-        order.history_types()
-    );
+    system
+        .wait_history(
+            order_id,
+            &["order.placed", "inventory.reserved", "payment.authorized"],
+            SETTLE_TIMEOUT,
+        )
+        .await?;
     for compensation in [
         "fulfillment.failed",
         "payment.refunded",
         "inventory.released",
     ] {
+        let order = system
+            .wait_history(order_id, &[compensation], SETTLE_TIMEOUT)
+            .await?;
         assert_eq!(
             order.count_in_history(compensation),
             1,
