@@ -5,7 +5,7 @@
 //! the restart, JetStream drops the copy by its message id, and the saga goes on once.
 
 use e2e::api::OrderRequest;
-use e2e::polling::SAGA_TIMEOUT;
+use e2e::polling::{SAGA_TIMEOUT, SETTLE_TIMEOUT};
 use e2e::system::{Service, System, SystemOptions, describe_exit};
 
 #[tokio::test]
@@ -33,6 +33,10 @@ async fn a_payment_crash_after_commit_before_ack_charges_exactly_once() -> anyho
     let order = system.wait_terminal(order_id, SAGA_TIMEOUT).await?;
 
     assert_eq!(order.status, "completed", "{order:?}");
+    // The order can complete before its payment consumer has recorded the authorization.
+    let order = system
+        .wait_history(order_id, &["payment.authorized"], SETTLE_TIMEOUT)
+        .await?;
     assert_eq!(
         order.count_in_history("payment.authorized"),
         1,
