@@ -40,6 +40,22 @@ pub fn tail(path: &Path, lines: usize) -> String {
     }
 }
 
+/// What a log file holds from byte `offset` on (empty if it cannot be read): what one start
+/// of a process wrote to a log that every start appends to.
+pub fn since(path: &Path, offset: u64) -> String {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(bytes.len());
+    String::from_utf8_lossy(&bytes[start..]).into_owned()
+}
+
+/// The length of a log file so far (0 if it cannot be read), to read what comes after it with
+/// [`since`].
+pub fn length(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |metadata| metadata.len())
+}
+
 /// Creates an empty file, so that a log path printed before a process writes is valid.
 pub fn touch(path: &Path) -> Result<()> {
     File::create(path).with_context(|| format!("failed to create {}", path.display()))?;

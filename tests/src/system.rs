@@ -28,8 +28,9 @@ use crate::nats_server::{ADMIN_USER, NatsCluster, NatsServer, NatsUsers};
 use crate::ports::free_port;
 use crate::tokens::TokenIssuer;
 
-/// How many times [`System::start`] or a restart moves services whose port another program
-/// took to another port before it gives up.
+/// How many times one wait for readiness (at [`System::start`], per group of processes
+/// started together, or at a restart) moves services whose port another program took to
+/// another port before it gives up.
 const PORT_CHANGES: usize = 3;
 
 /// How long a service may take from spawn to `GET /readyz` answering 200 (it creates and
@@ -216,6 +217,8 @@ struct ServiceProcess {
     environment: Vec<(String, String)>,
     /// The extras of the latest start, to start it the same way on another port.
     latest_extra_env: Vec<(String, String)>,
+    /// Where the latest start's output begins in the log, which every start appends to.
+    latest_log_offset: u64,
 }
 
 impl ServiceProcess {
@@ -230,6 +233,7 @@ impl ServiceProcess {
 
     fn spawn(&mut self, extra_env: &[(String, String)], own_process_group: bool) -> Result<()> {
         self.latest_extra_env = extra_env.to_vec();
+        self.latest_log_offset = logs::length(&self.log_path);
         let extras: Vec<String> = extra_env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let banner = format!("starting {} {}", self.label(), extras.join(" "));
         let (stdout, stderr) = logs::open_for_child(&self.log_path, banner.trim_end())?;
@@ -287,10 +291,12 @@ impl ServiceProcess {
     /// port and lets it go, and another program on the machine may bind it before the
     /// service does.
     fn lost_its_port(&self) -> bool {
-        let tail = self.log_tail();
+        // This start's output only, all of it: an earlier start's lost port is no reason, and
+        // a backtrace after the error must not hide it.
+        let output = logs::since(&self.log_path, self.latest_log_offset);
         !self.fixed_port
-            && tail.contains("failed to listen on")
-            && tail.contains("Address already in use")
+            && output.contains("failed to listen on")
+            && output.contains("Address already in use")
     }
 
     /// Starts the process again as it was started last, on another free port.
@@ -599,6 +605,7 @@ impl System {
                     log_path,
                     environment,
                     latest_extra_env: Vec::new(),
+                    latest_log_offset: 0,
                 });
                 extra_envs.push(extra_env);
             }

@@ -39,9 +39,11 @@ pub const DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60
 /// How long a caller waits for a pooled connection before the pool gives up.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a starting service waits for a Postgres that cannot take it yet (still starting,
-/// restarting, out of connection slots, unreachable) before it gives up: long enough for a
-/// server started at the same time, short enough that a wrong address is not hidden for long.
+/// How long a starting service keeps trying a Postgres that cannot take it yet (still
+/// starting, restarting, out of connection slots, unreachable) before it gives up: the pauses
+/// between tries add up to this (each try takes what it takes on top, e.g. a pool's acquire
+/// timeout); long enough for a server started at the same time, short enough that a wrong
+/// address is not hidden for long.
 const STARTUP_PATIENCE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Error)]
@@ -94,19 +96,24 @@ pub enum DatabaseError {
 
 impl DatabaseError {
     /// True when the same step may succeed later: Postgres unreachable, starting up, shutting
-    /// down or out of connection slots ([`is_transient`]). A wrong URL, password or privilege
-    /// is not.
+    /// down or out of connection slots ([`is_transient`]). A wrong URL, password, privilege
+    /// or TLS setup is not. A migration cut off halfway is safe to run again: sqlx applies
+    /// each migration and its history row in one transaction (none of ours opts out with
+    /// `-- no-transaction`).
     pub fn is_transient(&self) -> bool {
-        match self {
+        use sqlx::migrate::MigrateError;
+        let source = match self {
             DatabaseError::Create { source, .. }
             | DatabaseError::Connect { source, .. }
             | DatabaseError::CheckPrivileges { source, .. }
             | DatabaseError::Migrate {
-                source: sqlx::migrate::MigrateError::Execute(source),
+                source: MigrateError::Execute(source) | MigrateError::ExecuteMigration(source, _),
                 ..
-            } => is_transient(source),
-            _ => false,
-        }
+            } => source,
+            _ => return false,
+        };
+        // A refused TLS handshake or certificate is the configuration, not the moment.
+        !matches!(source, sqlx::Error::Tls(_)) && is_transient(source)
     }
 }
 
@@ -212,8 +219,8 @@ impl DatabaseOptions {
 
 /// Creates the database if needed and applies all migrations as the owner role, then connects
 /// the run-time role's pool and checks that it may read and write every table. While
-/// Postgres cannot take the service yet ([`DatabaseError::is_transient`]), it tries again, for
-/// up to [`STARTUP_PATIENCE`]; every step is safe to repeat.
+/// Postgres cannot take the service yet ([`DatabaseError::is_transient`]), it tries again,
+/// pausing [`STARTUP_PATIENCE`] in all; every step is safe to repeat.
 pub async fn connect_and_migrate(
     options: &DatabaseOptions,
     service_migrations: &Migrator,
@@ -598,9 +605,23 @@ mod tests {
             .is_transient()
         );
         assert!(
+            DatabaseError::Migrate {
+                url: url.clone(),
+                source: sqlx::migrate::MigrateError::ExecuteMigration(refused(), 3),
+            }
+            .is_transient()
+        );
+        assert!(
             !DatabaseError::Migrate {
                 url: url.clone(),
                 source: sqlx::migrate::MigrateError::VersionMismatch(1),
+            }
+            .is_transient()
+        );
+        assert!(
+            !DatabaseError::Connect {
+                url: url.clone(),
+                source: sqlx::Error::Tls("server does not support TLS".into()),
             }
             .is_transient()
         );

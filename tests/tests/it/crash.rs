@@ -34,15 +34,11 @@ async fn a_payment_crash_after_commit_before_ack_charges_exactly_once() -> anyho
 
     assert_eq!(order.status, "completed", "{order:?}");
     // The order can complete before its payment consumer has recorded the authorization.
-    let order = system
+    // (The history keeps one entry per event type, so a count would prove nothing: the
+    // stored events below do.)
+    system
         .wait_history(order_id, &["payment.authorized"], SETTLE_TIMEOUT)
         .await?;
-    assert_eq!(
-        order.count_in_history("payment.authorized"),
-        1,
-        "history {:?}",
-        order.history_types()
-    );
     let payment = system.payment(order_id).await?.expect("a payment");
     assert_eq!(
         (

@@ -79,14 +79,28 @@ async fn a_service_started_before_postgres_becomes_ready_when_postgres_comes_up(
         &postgres.database_url("inventory"),
         log.path(),
     )?;
-    // Long enough for several refused attempts.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // It says why it waits, and waits: a second refused try means it did not give up on
+    // the first.
+    wait_for(
+        "the service to say twice that it waits for its database",
+        Duration::from_secs(30),
+        || async {
+            let said = logs::since(log.path(), 0);
+            Ok(
+                if said
+                    .matches("the database cannot take us yet; retrying")
+                    .count()
+                    >= 2
+                {
+                    Check::Done(())
+                } else {
+                    Check::NotYet(logs::tail(log.path(), 5))
+                },
+            )
+        },
+    )
+    .await?;
     service.assert_waiting("Postgres")?;
-    let said = logs::tail(log.path(), logs::TAIL_LINES);
-    assert!(
-        said.contains("the database cannot take us yet; retrying"),
-        "the service must say why it waits:\n{said}"
-    );
 
     postgres.start_again().await?;
     service.wait_ready().await
@@ -108,7 +122,14 @@ impl Inventory {
     ) -> anyhow::Result<Inventory> {
         let http_port = free_port()?;
         let output = std::fs::File::create(log)?;
-        let process = Command::new(service_binary_directory()?.join("inventory-service"))
+        let mut command = Command::new(service_binary_directory()?.join("inventory-service"));
+        // Faults only ever on purpose, as the harness does.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("FAULT_") {
+                command.env_remove(key);
+            }
+        }
+        let process = command
             .env("NATS_URL", nats.url())
             .envs(users.client_environment("inventory"))
             .env("DATABASE_URL", database_url)
@@ -116,6 +137,7 @@ impl Inventory {
             .env("DB_MAX_CONNECTIONS", "2")
             .env("INSECURE_DEV_AUTH", "1")
             .env("LOG_FORMAT", "pretty")
+            .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::from(output.try_clone()?))
             .stderr(Stdio::from(output))
@@ -137,28 +159,24 @@ impl Inventory {
         Ok(())
     }
 
-    /// Polls `GET /readyz` for up to a minute.
+    /// Polls `GET /readyz` for up to a minute; fails at once if the process exits.
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let ready_url = format!("http://127.0.0.1:{}/readyz", self.http_port);
-        let outcome = wait_for(
-            "the service to become ready",
-            Duration::from_secs(60),
-            || async {
-                let status = reqwest::get(&ready_url).await?.status();
-                Ok(if status.is_success() {
-                    Check::Done(())
-                } else {
-                    Check::NotYet(format!("readyz {status}"))
-                })
-            },
-        )
-        .await;
-        outcome.map_err(|error| {
-            error.context(format!(
-                "its log ends:\n{}",
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            self.assert_waiting("its dependency")?;
+            let last_seen = match reqwest::get(&ready_url).await {
+                Ok(response) if response.status().is_success() => return Ok(()),
+                Ok(response) => format!("readyz {}", response.status()),
+                Err(error) => error.to_string(),
+            };
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the service was not ready within a minute ({last_seen}); its log ends:\n{}",
                 logs::tail(&self.log, logs::TAIL_LINES)
-            ))
-        })
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 
