@@ -1,11 +1,13 @@
 //! Many customers racing for scarce stock: 200 orders of one unit for 50 units on hand.
-//! Exactly 50 complete, the rest are rejected, and the shelf ends empty with nothing held.
+//! Exactly 50 complete, the rest are rejected, and the shelf ends empty with nothing held;
+//! with the consumers' default slots, and with one slot each as the compose file runs them
+//! (everything that queues meanwhile shares a transaction).
 
 use std::io::Write as _;
 use std::time::Duration;
 
 use e2e::api::OrderRequest;
-use e2e::system::{System, SystemOptions};
+use e2e::system::{Service, System, SystemOptions};
 use futures::future::try_join_all;
 
 const ORDERS: usize = 200;
@@ -13,7 +15,24 @@ const ON_HAND: i64 = 50;
 
 #[tokio::test]
 async fn two_hundred_orders_for_fifty_units_complete_exactly_fifty() -> anyhow::Result<()> {
-    let system = System::start(SystemOptions::default()).await?;
+    race_for_the_last_units(SystemOptions::default(), "last_units").await
+}
+
+#[tokio::test]
+async fn with_one_transaction_at_a_time_per_consumer_exactly_fifty_complete_too()
+-> anyhow::Result<()> {
+    // As deploy/compose.yaml sets them: payment keeps its default.
+    let mut options = SystemOptions::default();
+    for service in Service::ALL {
+        if service != Service::Payment {
+            options = options.with_env(service, "CONSUMER_CONCURRENCY", "1");
+        }
+    }
+    race_for_the_last_units(options, "last_units_one_slot").await
+}
+
+async fn race_for_the_last_units(options: SystemOptions, label: &str) -> anyhow::Result<()> {
+    let system = System::start(options).await?;
     system
         .put_product_and_wait_catalogue("RACE-MUG", "Mug", 300, ON_HAND)
         .await?;
@@ -67,7 +86,7 @@ async fn two_hundred_orders_for_fifty_units_complete_exactly_fifty() -> anyhow::
     // Straight to stdout, past the test harness's capture, so that every run shows it.
     writeln!(
         std::io::stdout(),
-        "last_units: {ORDERS} orders, 0 faults, 0 stuck, 0 violations (I1..I6)"
+        "{label}: {ORDERS} orders, 0 faults, 0 stuck, 0 violations (I1..I6)"
     )?;
     system.shutdown().await
 }
