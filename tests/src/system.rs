@@ -189,6 +189,18 @@ impl Default for SystemOptions {
 }
 
 impl SystemOptions {
+    /// Every consumer but payment's with one transaction slot, as `deploy/compose.yaml` runs
+    /// the services on one host (payment's handler waits on the gateway and keeps its
+    /// default).
+    pub fn with_consumer_slots_as_compose(mut self) -> Self {
+        for service in Service::ALL {
+            if service != Service::Payment {
+                self = self.with_env(service, "CONSUMER_CONCURRENCY", "1");
+            }
+        }
+        self
+    }
+
     /// Adds one environment variable for one service.
     pub fn with_env(mut self, service: Service, key: &str, value: &str) -> Self {
         self.extra_env
@@ -237,14 +249,7 @@ impl ServiceProcess {
         let extras: Vec<String> = extra_env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let banner = format!("starting {} {}", self.label(), extras.join(" "));
         let (stdout, stderr) = logs::open_for_child(&self.log_path, banner.trim_end())?;
-        let mut command = Command::new(&self.binary);
-        // Faults are only ever injected on purpose, through `extra_env`: never inherit one
-        // from the shell that runs the suite.
-        for (key, _) in env::vars_os() {
-            if key.to_string_lossy().starts_with("FAULT_") {
-                command.env_remove(key);
-            }
-        }
+        let mut command = service_command(&self.binary);
         command
             .envs(self.environment.iter().map(|(k, v)| (k, v)))
             .envs(extra_env.iter().map(|(k, v)| (k, v)))
@@ -995,9 +1000,9 @@ impl System {
     }
 
     /// Starts a service (its first replica) again on the same port (another if that one was
-    /// taken meanwhile) and database, with its
-    /// usual environment plus `extra_env` (the extras given at [`System::start`] are not
-    /// repeated), and waits until it is ready. A service still running is killed first.
+    /// taken meanwhile) and database, with its usual environment plus `extra_env` (the extras
+    /// given at [`System::start`] are not repeated), and waits until it is ready. A service
+    /// still running is killed first.
     pub async fn restart(&mut self, service: Service, extra_env: &[(&str, &str)]) -> Result<()> {
         self.restart_replica(service, 0, extra_env).await
     }
@@ -1142,6 +1147,18 @@ impl Drop for System {
             );
         }
     }
+}
+
+/// A command to run a service binary. Faults are only ever injected on purpose, through the
+/// environment a test gives: the command inherits none from the shell that runs the suite.
+pub fn service_command(binary: &Path) -> Command {
+    let mut command = Command::new(binary);
+    for (key, _) in env::vars_os() {
+        if key.to_string_lossy().starts_with("FAULT_") {
+            command.env_remove(key);
+        }
+    }
+    command
 }
 
 /// Where the service binaries are: `SERVICE_BIN_DIR`, else the directory of the running

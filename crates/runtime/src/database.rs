@@ -10,7 +10,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use futures::TryStreamExt;
 use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::pool::PoolConnection;
@@ -38,13 +38,6 @@ pub const DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60
 
 /// How long a caller waits for a pooled connection before the pool gives up.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long a starting service keeps trying a Postgres that cannot take it yet (still
-/// starting, restarting, out of connection slots, unreachable) before it gives up: the pauses
-/// between tries add up to this (each try takes what it takes on top, e.g. a pool's acquire
-/// timeout); long enough for a server started at the same time, short enough that a wrong
-/// address is not hidden for long.
-const STARTUP_PATIENCE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Error)]
 pub enum DatabaseError {
@@ -220,20 +213,13 @@ impl DatabaseOptions {
 /// Creates the database if needed and applies all migrations as the owner role, then connects
 /// the run-time role's pool and checks that it may read and write every table. While
 /// Postgres cannot take the service yet ([`DatabaseError::is_transient`]), it tries again,
-/// pausing [`STARTUP_PATIENCE`] in all; every step is safe to repeat.
+/// pausing [`crate::service::STARTUP_PATIENCE`] in all; every step is safe to repeat.
 pub async fn connect_and_migrate(
     options: &DatabaseOptions,
     service_migrations: &Migrator,
 ) -> Result<PgPool, DatabaseError> {
     (|| prepare(options, service_migrations))
-        .retry(
-            ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(200))
-                .with_max_delay(Duration::from_secs(5))
-                .with_total_delay(Some(STARTUP_PATIENCE))
-                .without_max_times()
-                .with_jitter(),
-        )
+        .retry(crate::service::startup_backoff())
         .when(DatabaseError::is_transient)
         .notify(|error, delay| {
             tracing::warn!(error = %with_causes(error), ?delay, "the database cannot take us yet; retrying");

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use events::streams::{Context, DLQ_PREFIX, DLQ_STREAM};
 use thiserror::Error;
 
@@ -271,14 +271,7 @@ pub async fn ensure_streams(
     for config in configs {
         let name = config.name.clone();
         (|| jetstream.get_or_create_stream(config.clone()))
-            .retry(
-                ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(200))
-                    .with_max_delay(Duration::from_secs(5))
-                    .with_total_delay(Some(Duration::from_secs(60)))
-                    .without_max_times()
-                    .with_jitter(),
-            )
+            .retry(crate::service::startup_backoff())
             .notify(|error, delay| {
                 tracing::warn!(stream = %name, %error, ?delay, "cannot create stream yet; retrying");
             })

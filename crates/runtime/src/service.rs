@@ -5,9 +5,11 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
+use backon::ExponentialBuilder;
 use events::streams::Context;
 use futures::future::BoxFuture;
 use sqlx::PgPool;
@@ -30,6 +32,24 @@ use crate::pruning::Pruner;
 use crate::rate_limit::RateLimit;
 use crate::settings::{Identity, LogFormat, Settings};
 use crate::telemetry;
+
+/// How long a starting service keeps trying a dependency that cannot take it yet (Postgres
+/// still starting or out of connection slots, a stream without a leader during an election):
+/// the pauses between tries add up to this, and each try takes what it takes on top. Long
+/// enough for a server started at the same time, short enough that a wrong address is not
+/// hidden for long.
+pub const STARTUP_PATIENCE: Duration = Duration::from_secs(60);
+
+/// The pauses between a starting service's tries: from 200 ms, doubling to 5 s, jittered,
+/// [`STARTUP_PATIENCE`] in all.
+pub(crate) fn startup_backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .with_total_delay(Some(STARTUP_PATIENCE))
+        .without_max_times()
+        .with_jitter()
+}
 
 /// The connected infrastructure a service builds its routes and handler from.
 #[derive(Debug, Clone)]

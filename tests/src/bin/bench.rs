@@ -275,12 +275,8 @@ async fn start(build: &Build) -> Result<System> {
         ] {
             options = options.with_env(service, key, value);
         }
-        // As the compose file runs them on one host: one transaction at a time per consumer,
-        // except payment's, whose handler waits on the gateway.
-        if service != Service::Payment {
-            options = options.with_env(service, "CONSUMER_CONCURRENCY", "1");
-        }
     }
+    options = options.with_consumer_slots_as_compose();
     // Settings to try, e.g. `inventory:CONSUMER_BATCH=64`, separated by spaces; then the
     // build's own.
     let tried = std::env::var("BENCH_SERVICE_ENV").unwrap_or_default();

@@ -7,7 +7,7 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use e2e::api::OrderRequest;
-use e2e::system::{Service, System, SystemOptions};
+use e2e::system::{System, SystemOptions};
 use futures::future::try_join_all;
 
 const ORDERS: usize = 200;
@@ -21,14 +21,11 @@ async fn two_hundred_orders_for_fifty_units_complete_exactly_fifty() -> anyhow::
 #[tokio::test]
 async fn with_one_transaction_at_a_time_per_consumer_exactly_fifty_complete_too()
 -> anyhow::Result<()> {
-    // As deploy/compose.yaml sets them: payment keeps its default.
-    let mut options = SystemOptions::default();
-    for service in Service::ALL {
-        if service != Service::Payment {
-            options = options.with_env(service, "CONSUMER_CONCURRENCY", "1");
-        }
-    }
-    race_for_the_last_units(options, "last_units_one_slot").await
+    race_for_the_last_units(
+        SystemOptions::default().with_consumer_slots_as_compose(),
+        "last_units_one_slot",
+    )
+    .await
 }
 
 async fn race_for_the_last_units(options: SystemOptions, label: &str) -> anyhow::Result<()> {

@@ -4,7 +4,7 @@
 //! restart.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use e2e::databases;
@@ -13,7 +13,7 @@ use e2e::nats_server::{NatsServer, NatsUsers};
 use e2e::polling::{Check, wait_for};
 use e2e::ports::free_port;
 use e2e::postgres_server::PostgresServer;
-use e2e::system::service_binary_directory;
+use e2e::system::{service_binary_directory, service_command};
 use uuid::Uuid;
 
 #[tokio::test]
@@ -121,15 +121,8 @@ impl Inventory {
         log: &Path,
     ) -> anyhow::Result<Inventory> {
         let http_port = free_port()?;
-        let output = std::fs::File::create(log)?;
-        let mut command = Command::new(service_binary_directory()?.join("inventory-service"));
-        // Faults only ever on purpose, as the harness does.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("FAULT_") {
-                command.env_remove(key);
-            }
-        }
-        let process = command
+        let (stdout, stderr) = logs::open_for_child(log, "starting inventory-service")?;
+        let process = service_command(&service_binary_directory()?.join("inventory-service"))
             .env("NATS_URL", nats.url())
             .envs(users.client_environment("inventory"))
             .env("DATABASE_URL", database_url)
@@ -139,8 +132,8 @@ impl Inventory {
             .env("LOG_FORMAT", "pretty")
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
-            .stdout(Stdio::from(output.try_clone()?))
-            .stderr(Stdio::from(output))
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()?;
         Ok(Inventory {
             process,
